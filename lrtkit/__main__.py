@@ -1,0 +1,3 @@
+from lrtkit.cli import main
+
+main()
