@@ -211,6 +211,18 @@ class Broker(ABC):
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Broker-specific dead-lettering. Never loses the message: copy first, then remove."""
 
+    def rollover(self, delivery: Delivery) -> None:
+        """Keep holding a job whose lease is about to reach ``max_lease_seconds``.
+
+        Called by the worker's lease keeper shortly before the cap, after it has written the
+        job record's ``holder``/``held_until`` (which it then keeps fresh every heartbeat), so
+        that any other worker that receives the job meanwhile hands it straight back instead of
+        running it. A broker with a cap must keep the job safe throughout (never deleted before
+        a copy is durable) and leave ``delivery`` holding a fresh lease; brokers without a cap
+        never get this call. Raises ``LeaseLost`` if the job could not be kept.
+        """
+        raise LeaseLost(f"{self.name} cannot hold a job past its {self.max_lease_seconds}s lease")
+
     # -- inspection ----------------------------------------------------------------------------
 
     @abstractmethod

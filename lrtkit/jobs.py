@@ -11,7 +11,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -140,7 +140,28 @@ class JobRecord(BaseModel):
     result: Any = None
     error: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+    # Internal, not part of the public JSON: which delivery holds the job past the broker's own
+    # lease (see Broker.rollover) and until when its heartbeat vouches for it.
+    holder: str | None = None
+    held_until: datetime | None = None
+
+    PUBLIC_FIELDS: ClassVar[tuple[str, ...]] = (
+        "job_id",
+        "state",
+        "attempts",
+        "failures",
+        "progress",
+        "result",
+        "error",
+        "updated_at",
+    )
 
     def public(self) -> dict[str, Any]:
         """The stable JSON form of DESIGN.md (``lrtkit status --json``)."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", include=set(self.PUBLIC_FIELDS))
+
+    def held_elsewhere(self, holder: str, now: datetime | None = None) -> bool:
+        """True while another holder's heartbeat still vouches for this job."""
+        if self.held_until is None or self.holder in (None, holder):
+            return False
+        return self.held_until > (now or utcnow())
