@@ -8,16 +8,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from lrtkit.errors import ConfigError, InvalidJob, LrtError
 
 if TYPE_CHECKING:
     from lrtkit.broker import Broker
     from lrtkit.config import Settings
+    from lrtkit.records import JobStore
     from lrtkit.storage.base import Storage
 
 EXIT_OK = 0
@@ -52,6 +55,12 @@ class CliState:
 
         return load_storage(self.settings())
 
+    def store(self) -> JobStore:
+        """The job records, in the storage named by ``LRT_STORAGE``."""
+        from lrtkit.records import JobStore
+
+        return JobStore(self.storage())
+
 
 def state() -> CliState:
     obj = click.get_current_context().find_root().obj
@@ -61,7 +70,7 @@ def state() -> CliState:
     return obj
 
 
-def fail(message: str, code: int = EXIT_FAILED) -> None:
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print ``message`` on stderr and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
@@ -82,7 +91,10 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             fail(str(exc), EXIT_USAGE)
         except LrtError as exc:
             fail(str(exc), EXIT_FAILED)
-        raise AssertionError("unreachable")
+        except OSError as exc:  # a local file or socket: still one line, not a traceback
+            fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
 
     return wrapper
 
@@ -99,3 +111,39 @@ def opened_broker() -> Iterator[Broker]:
         yield broker
     finally:
         broker.close()
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    """A plain rich table with the look every command shares."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    for name in columns:
+        t.add_column(name, overflow="fold")
+    return t
+
+
+def show_progress(progress: Any) -> str:
+    """A job record's progress as ``done/total (pct) key=value ...``; empty if none."""
+    if not progress:
+        return ""
+    done, total = progress.get("done"), progress.get("total")
+    text = ""
+    if done is not None:
+        text = f"{_num(done)}/{_num(total)}" if total else _num(done)
+        if total:
+            text += f" ({100 * done / total:.0f}%)"
+    metrics = progress.get("metrics") or {}
+    extra = " ".join(f"{k}={_num(v)}" for k, v in metrics.items())
+    return f"{text} {extra}".strip()
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}" if not value.is_integer() else str(int(value))
+    return str(value)
+
+
+def short(value: Any, width: int = 60) -> str:
+    """One line of at most ``width`` characters (JSON for anything that is not text)."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

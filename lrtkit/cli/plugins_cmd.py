@@ -1,0 +1,37 @@
+"""``lrtkit plugins``: the broker, storage and scaler plugins installed, and whether they load."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from lrtkit.cli.common import console, handle_errors, print_json, table
+from lrtkit.plugins import describe_installed
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@handle_errors
+def plugins(*, as_json: bool) -> None:
+    """List installed plugins (brokers, storage, scalers) and whether each imports.
+
+    A plugin that does not import is shown with the error (often a missing optional
+    dependency, e.g. boto3 for s3 storage: pip install "lrtkit[s3]"); it only matters when
+    the settings select it, which ``lrtkit doctor`` checks.
+    """
+    infos = describe_installed()
+    if as_json:
+        print_json([dataclasses.asdict(i) for i in infos])
+    else:
+        view = table("kind", "name", "from", "version", "entry point", "status")
+        for info in infos:
+            view.add_row(
+                info.namespace.rpartition(".")[2],
+                info.name,
+                info.distribution or "?",
+                info.version or "?",
+                info.target,
+                "[green]ok[/]" if info.error is None else f"[red]broken[/]: {info.error}",
+            )
+        console.print(view)
