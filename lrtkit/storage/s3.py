@@ -1,0 +1,421 @@
+"""The S3 storage: ``LRT_STORAGE=s3://bucket/prefix`` on AWS S3, Cloudflare R2, MinIO...
+
+Small objects (records, manifests, JSON checkpoints) are single ``PutObject`` / ``GetObject``
+calls; conditional writes map to ``If-Match`` / ``If-None-Match: *`` and a lost condition
+(412, or 409 while another conditional write is in flight) raises
+:class:`~lrtkit.errors.PreconditionFailed`. Files go through boto3's transfer manager
+(multipart, parallel parts) with a full-object CRC32 that the server checks on upload and
+lrtkit checks again on download; a download lands under a temporary name and is renamed
+only once verified. boto3 is imported lazily (``pip install "lrtkit[s3]"``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from lrtkit.errors import ConfigError, CorruptCheckpoint, NotFound, StorageError
+from lrtkit.storage.base import Storage
+from lrtkit.storage.s3_config import (
+    ClientSettings,
+    MiB,
+    S3Location,
+    client_settings,
+    parse_location,
+)
+from lrtkit.storage.s3_errors import translate
+
+if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
+    from mypy_boto3_s3.client import S3Client
+
+    from lrtkit.broker import Check
+    from lrtkit.config import Settings
+
+_T = TypeVar("_T")
+_CRC_META = "lrt-crc32"  # user metadata: full-object CRC32 of uploaded files (base64)
+_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+_READ_RETRIES = 3  # a body cut off mid-read is not retried by botocore
+
+
+def _require_boto3() -> None:
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        raise ConfigError('LRT_STORAGE=s3://... needs boto3: pip install "lrtkit[s3]"') from None
+
+
+def file_crc32(path: Path, chunk: int = 8 * MiB) -> str:
+    """The base64 big-endian CRC32 of a file, the form S3's ``ChecksumCRC32`` uses."""
+    crc = 0
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
+
+
+class S3Storage(Storage):
+    """Objects under ``s3://bucket/prefix``. Thread-safe: one boto3 client, shared."""
+
+    scheme: ClassVar[str] = "s3"
+
+    def __init__(
+        self,
+        location: S3Location,
+        client_settings: ClientSettings,
+        *,
+        client: S3Client | None = None,
+    ) -> None:
+        _require_boto3()
+        self._location = location
+        self._cfg = client_settings
+        self._credentials_method: str | None = None
+        self._client = client if client is not None else self._make_client()
+        opts = client_settings.options
+        self._threshold = opts.multipart_threshold_mb * MiB
+        self._chunk = opts.multipart_chunk_mb * MiB
+        self._concurrency = opts.max_concurrency
+        self._send_checksum = opts.checksum == "crc32"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Storage:
+        return cls(parse_location(settings.storage), client_settings(settings))
+
+    def _make_client(self) -> S3Client:
+        import boto3.session
+
+        cfg = self._cfg
+        session = boto3.session.Session(
+            aws_access_key_id=cfg.access_key_id,
+            aws_secret_access_key=cfg.secret_access_key,
+            region_name=cfg.region,
+        )
+        credentials = session.get_credentials()
+        # "explicit" (LRT_S3_* / R2_*), "env", "shared-credentials-file", "iam-role"...
+        self._credentials_method = credentials.method if credentials is not None else "none found"
+        return session.client("s3", endpoint_url=cfg.endpoint_url, config=cfg.botocore_config())
+
+    # -- description ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._location.url
+
+    @property
+    def bucket(self) -> str:
+        return self._location.bucket
+
+    @property
+    def prefix(self) -> str:
+        return self._location.prefix
+
+    @property
+    def client(self) -> S3Client:
+        """The boto3 client (for tools that need an S3 call lrtkit does not wrap)."""
+        return self._client
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._client.meta.endpoint_url)
+
+    @property
+    def region(self) -> str:
+        return str(self._client.meta.region_name)
+
+    @property
+    def addressing_style(self) -> str:
+        return self._cfg.addressing_style
+
+    @property
+    def credentials_source(self) -> str:
+        """Where the keys come from (never the keys): ``explicit``, ``env``, ``iam-role``..."""
+        return self._credentials_method or "given client"
+
+    def check_bucket(self) -> None:
+        """Raise ``StorageConfigError`` if the bucket is missing or these keys cannot reach it."""
+        self._call("HeadBucket", None, lambda: self._client.head_bucket(Bucket=self.bucket))
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.url!r}, endpoint={self.endpoint!r}, region={self.region!r})"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _call(
+        self,
+        operation: str,
+        object_key: str | None,
+        fn: Callable[[], _T],
+        *,
+        storage_key: str | None = None,
+        conditional: bool = False,
+    ) -> _T:
+        try:
+            return fn()
+        except Exception as exc:
+            raise self._error(exc, operation, object_key, storage_key, conditional) from exc
+
+    def _error(
+        self,
+        exc: BaseException,
+        operation: str,
+        object_key: str | None,
+        storage_key: str | None = None,
+        conditional: bool = False,
+    ) -> Exception:
+        if isinstance(exc, StorageError | ConfigError):
+            return exc
+        error = translate(
+            exc,
+            operation=operation,
+            bucket=self.bucket,
+            object_key=object_key,
+            storage_key=storage_key,
+            endpoint=self._cfg.endpoint_url,
+            conditional=conditional,
+        )
+        if isinstance(error, NotFound) and operation == "HeadObject":
+            # A HEAD answer has no body: a missing bucket also comes back as a bare 404.
+            self._check_bucket(operation, object_key)
+        return error
+
+    def _check_bucket(self, operation: str, object_key: str | None) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in {"404", "NoSuchBucket", "NotFound"}:
+                missing = ClientError(
+                    {"Error": {"Code": "NoSuchBucket", "Message": "no such bucket"}}, "HeadBucket"
+                )
+                raise translate(
+                    missing,
+                    operation=operation,
+                    bucket=self.bucket,
+                    object_key=object_key,
+                    endpoint=self._cfg.endpoint_url,
+                ) from exc
+        except Exception:  # noqa: BLE001, S110 - the original error is the one to report
+            pass
+
+    def _transfer_config(self) -> TransferConfig:
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=self._threshold,
+            multipart_chunksize=self._chunk,
+            max_concurrency=self._concurrency,
+            use_threads=True,
+        )
+
+    # -- objects ----------------------------------------------------------------------------
+
+    def get(self, key: str) -> tuple[bytes, str]:
+        object_key = self._location.key(key)
+        for attempt in range(_READ_RETRIES):
+            response = self._call(
+                "GetObject",
+                object_key,
+                lambda: self._client.get_object(Bucket=self.bucket, Key=object_key),
+                storage_key=key,
+            )
+            try:
+                data = response["Body"].read()
+            except Exception as exc:
+                if attempt + 1 == _READ_RETRIES:
+                    raise self._error(exc, "GetObject", object_key, key) from exc
+                continue
+            finally:
+                response["Body"].close()
+            return data, response["ETag"]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def exists(self, key: str) -> bool:
+        object_key = self._location.key(key)
+        try:
+            self._call(
+                "HeadObject",
+                object_key,
+                lambda: self._client.head_object(Bucket=self.bucket, Key=object_key),
+                storage_key=key,
+            )
+        except NotFound:
+            return False
+        return True
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        object_key = self._location.key(key)
+        kwargs: dict[str, Any] = {}
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        response = self._call(
+            "PutObject",
+            object_key,
+            lambda: self._client.put_object(
+                Bucket=self.bucket, Key=object_key, Body=data, **kwargs
+            ),
+            storage_key=key,
+            conditional=bool(kwargs),
+        )
+        return response["ETag"]
+
+    def delete(self, key: str) -> None:
+        object_key = self._location.key(key)
+        self._call(
+            "DeleteObject",
+            object_key,
+            lambda: self._client.delete_object(Bucket=self.bucket, Key=object_key),
+            storage_key=key,
+        )
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        list_prefix = self._location.list_prefix(prefix)
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=list_prefix))
+        while True:
+            page = self._call("ListObjectsV2", list_prefix or None, lambda: next(pages, None))
+            if page is None:
+                return
+            # S3 lists in UTF-8 byte order, which is the order of sorted() on str.
+            for item in page.get("Contents", []):
+                yield self._location.relative(item["Key"])
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix`` with DeleteObjects, 1000 keys a call."""
+        deleted = 0
+        batch: list[str] = []
+        for key in self.list_keys(prefix):
+            batch.append(self._location.key(key))
+            if len(batch) == _DELETE_BATCH:
+                deleted += self._delete_batch(batch)
+                batch = []
+        if batch:
+            deleted += self._delete_batch(batch)
+        return deleted
+
+    def _delete_batch(self, object_keys: list[str]) -> int:
+        objects: Any = [{"Key": k} for k in object_keys]
+        response = self._call(
+            "DeleteObjects",
+            object_keys[0],
+            lambda: self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+            ),
+        )
+        errors = response.get("Errors", [])
+        if errors:
+            first = errors[0]
+            raise StorageError(
+                f"s3:DeleteObject on {self.bucket}: {len(errors)} of {len(object_keys)} "
+                f"keys were not deleted; first {first.get('Key')!r}: "
+                f"{first.get('Code')}: {first.get('Message')}"
+            )
+        return len(object_keys)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def upload_file(self, key: str, path: Path) -> str:
+        """Upload ``path``; multipart above ``LRT_S3_MULTIPART_THRESHOLD_MB``; return the etag.
+
+        The file's CRC32 travels as the object's full-object checksum (S3 rejects the upload
+        if the bytes it got differ) and as metadata (checked on download on any provider).
+        Failures are retried by botocore and the transfer manager, then raised: never a
+        silently missing object.
+        """
+        object_key = self._location.key(key)
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            crc = file_crc32(path)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path} to upload it to {object_key}: {exc}") from exc
+        extra: dict[str, Any] = {"Metadata": {_CRC_META: crc}}
+        if self._send_checksum:
+            extra["ChecksumCRC32"] = crc
+        if size < self._threshold:
+            with path.open("rb") as body:
+                response = self._call(
+                    "PutObject",
+                    object_key,
+                    lambda: self._client.put_object(
+                        Bucket=self.bucket, Key=object_key, Body=body, **extra
+                    ),
+                )
+            return response["ETag"]
+        from boto3.s3.transfer import create_transfer_manager
+
+        with create_transfer_manager(self._client, self._transfer_config()) as manager:
+            future = manager.upload(str(path), self.bucket, object_key, extra_args=extra)
+            self._call("CompleteMultipartUpload", object_key, future.result)
+        head = self._call(
+            "HeadObject",
+            object_key,
+            lambda: self._client.head_object(Bucket=self.bucket, Key=object_key),
+        )
+        if head.get("Metadata", {}).get(_CRC_META) != crc:
+            raise StorageError(
+                f"s3:PutObject on {self.bucket}/{object_key}: the object changed while it was "
+                "being uploaded (another writer?)"
+            )
+        return head["ETag"]
+
+    def download_file(self, key: str, path: Path) -> None:
+        """Download to ``path`` via a temporary name; the CRC32 is checked before the rename."""
+        object_key = self._location.key(key)
+        path = Path(path)
+        head = self._call(
+            "HeadObject",
+            object_key,
+            lambda: self._client.head_object(
+                Bucket=self.bucket, Key=object_key, ChecksumMode="ENABLED"
+            ),
+            storage_key=key,
+        )
+        expected = head.get("Metadata", {}).get(_CRC_META)
+        if expected is None and head.get("ChecksumType") == "FULL_OBJECT":
+            expected = head.get("ChecksumCRC32")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            from boto3.s3.transfer import create_transfer_manager
+
+            with create_transfer_manager(self._client, self._transfer_config()) as manager:
+                # The manager pins every ranged GET to the etag it first saw (If-Match).
+                future = manager.download(
+                    self.bucket, object_key, str(tmp), extra_args={"ChecksumMode": "ENABLED"}
+                )
+                self._call("GetObject", object_key, future.result, storage_key=key)
+            if expected is not None:
+                actual = file_crc32(tmp)
+                if actual != expected:
+                    raise CorruptCheckpoint(
+                        f"{self.bucket}/{object_key}: downloaded bytes have CRC32 {actual}, "
+                        f"the object records {expected}"
+                    )
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    # -- doctor -----------------------------------------------------------------------------
+
+    def diagnose(self) -> list[Check]:
+        from lrtkit.storage.s3_doctor import diagnose
+
+        return diagnose(self)
