@@ -95,7 +95,8 @@ def status(*, job_id: str | None, as_json: bool) -> None:
         str(depth.dead),
     )
     console.print(queue)
-    jobs = table("state", "jobs", title=f"job records in {settings.storage}")
+    console.print(f"job records in {settings.storage}", highlight=False)
+    jobs = table("state", "jobs")
     for name, count in counts.items():
         style = STATE_STYLE[JobState(name)] if count else "dim"
         jobs.add_row(f"[{style}]{name}[/]", str(count))
