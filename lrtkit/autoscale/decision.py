@@ -120,7 +120,7 @@ class Memory:
         return cls(
             below_since=num("below_since"),
             last_change=num("last_change"),
-            last_desired=desired if isinstance(desired, int) else None,
+            last_desired=desired if type(desired) is int else None,
             last_action=action if isinstance(action, str) else None,
             updated_at=num("updated_at"),
         )
