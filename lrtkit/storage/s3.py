@@ -390,11 +390,11 @@ class S3Storage(Storage):
         expected = head.get("Metadata", {}).get(_CRC_META)
         if expected is None and head.get("ChecksumType") == "FULL_OBJECT":
             expected = head.get("ChecksumCRC32")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
         try:
             from boto3.s3.transfer import create_transfer_manager
 
+            path.parent.mkdir(parents=True, exist_ok=True)
             with create_transfer_manager(self._client, self._transfer_config()) as manager:
                 # The manager pins every ranged GET to the etag it first saw (If-Match).
                 future = manager.download(
@@ -409,6 +409,8 @@ class S3Storage(Storage):
                         f"the object records {expected}"
                     )
             os.replace(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"cannot download {object_key} to {path}: {exc}") from exc
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

@@ -61,8 +61,10 @@ class S3Location:
 
     def list_prefix(self, prefix: str) -> str:
         """The object key prefix to list for a storage key prefix (may end with ``/``)."""
-        if prefix:
-            check_key(prefix.rstrip("/") or "/")
+        if prefix.startswith("/") or "\\" in prefix or "\x00" in prefix:
+            raise StorageError(f"storage prefix {prefix!r} is not a relative /-separated path")
+        if any(part in {".", ".."} for part in prefix.split("/")[:-1]):
+            raise StorageError(f"storage prefix {prefix!r} has a '.' or '..' part")
         root = f"{self.prefix}/" if self.prefix else ""
         return root + prefix
 
