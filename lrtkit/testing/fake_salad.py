@@ -59,7 +59,9 @@ class FakeHTTPServer(ABC):
         self._failures: list[_Failure] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self._dispatch))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     @property
