@@ -8,7 +8,9 @@ Every write and delete of a key runs under an ``fcntl.flock`` on a lock file cho
 (one of a fixed set of stripes under ``.lrtkit-locks/``). ``flock`` excludes other processes
 and other open file descriptions in this process alike, so a conditional write (compare the
 etag, then replace) is atomic across threads and processes on one machine. The etag is the
-sha256 of the content.
+sha256 of the content, so (as with S3's MD5 etags) writing the same bytes again gives the same
+etag: conditional writers must write content that differs (the checkpoint manifest always does,
+it carries the epoch and generation).
 
 Names starting with ``.lrtkit-`` are reserved for temporary and lock files: keys may not use
 them and :meth:`FileStorage.list_keys` never shows them.
