@@ -1,0 +1,142 @@
+"""Holding a job past SQS's 12-hour visibility cap: trade the message for a fresh copy.
+
+SQS lets one receipt stay invisible for at most 12 hours; after that the message becomes
+visible and goes to another worker, whatever ``ChangeMessageVisibility`` says. A job that runs
+longer must be received again, and the only way to receive a message again without letting
+anyone else see it first is to replace it:
+
+1. **Publish a continuation copy**: same body, same ``MessageGroupId`` (the job id), a *new*
+   ``MessageDeduplicationId`` (SQS keeps a deleted message's id for 5 minutes and would drop
+   the copy), and two attributes: ``lrt-rollover`` (a token only this holder knows) and
+   ``lrt-prior-receives`` (so delivery numbers keep counting across copies). FIFO order keeps
+   the copy behind the original in its group: nobody can receive it yet.
+2. **Delete the original**, only once the copy is durable. The job is never out of the queue.
+3. **Receive until the copy comes back** (its token matches). The copy heads its group now, so
+   it is normally the first or one of the first messages received; messages of other jobs
+   received meanwhile are made visible again at once (``ChangeMessageVisibilityBatch`` to 0).
+   ``delivery`` is updated in place: new receipt, new 12-hour window, fresh lease deadline.
+
+Between steps 2 and 3 another worker may receive the copy. The worker wrote the job record's
+``holder``/``held_until`` before calling ``rollover`` and keeps it fresh, so that worker hands
+the copy straight back without running it, and this loop gets it on a later receive.
+
+If this process dies at any point, nothing is lost: before step 2 the original comes back
+when its lease runs out (the copy follows it in the group and is acked as already done, or
+runs if the original was not finished); after step 2 the copy is in the queue and another
+worker resumes the job from its checkpoint once the record's hold expires.
+
+Costs per rollover (every ~12 hours of one job): one SendMessage, one DeleteMessage, one or
+more ReceiveMessage calls, and for a deep queue one receive (+1 ``ApproximateReceiveCount``)
+of each message of another job passed over before the copy, with their release. If the copy
+is not back within the search budget the rollover gives up with ``LeaseLost``: the worker
+stops the job, which then resumes from its checkpoint elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from lrtkit.errors import BrokerError, LeaseLost
+from lrtkit_sqs.client import visibility
+from lrtkit_sqs.deadletter import MAX_ATTRIBUTES, string_attr, user_attributes
+
+if TYPE_CHECKING:
+    from lrtkit.broker import Delivery
+    from lrtkit_sqs.broker import SqsBroker
+
+TOKEN = "lrt-rollover"  # noqa: S105 - an attribute name, not a secret
+PRIOR = "lrt-prior-receives"
+
+
+def search_budget(broker: SqsBroker) -> float:
+    """How long step 3 may take: half a lease (the record's hold covers at least one lease)."""
+    return max(1.0, broker.settings.lease_seconds / 2)
+
+
+def roll_over(broker: SqsBroker, delivery: Delivery) -> None:
+    q = broker.queues
+    h = broker.handle_of(delivery)
+    token = uuid.uuid4().hex
+    own = {
+        TOKEN: string_attr(token),
+        PRIOR: {"DataType": "Number", "StringValue": str(max(0, delivery.delivery_count - 1))},
+    }
+    attrs = {**user_attributes(h.attributes, MAX_ATTRIBUTES - len(own)), **own}
+    broker.api.call(
+        "send_message",
+        f"queue {q.name} (rollover)",
+        QueueUrl=q.url,
+        MessageBody=delivery.body.decode("utf-8"),
+        MessageGroupId=h.group_id,
+        MessageDeduplicationId=token,
+        MessageAttributes=attrs,
+    )
+    try:
+        broker.api.call(
+            "delete_message", f"queue {q.name} (rollover)", QueueUrl=q.url, ReceiptHandle=h.receipt
+        )
+    except LeaseLost:
+        delivery.lost = True
+        raise
+    _take_back(broker, delivery, token)
+
+
+def _take_back(broker: SqsBroker, delivery: Delivery, token: str) -> None:
+    q = broker.queues
+    deadline = time.monotonic() + search_budget(broker)
+    passed_over = 0
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        resp = broker.api.call(
+            "receive_message",
+            f"queue {q.name} (rollover)",
+            QueueUrl=q.url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=visibility(broker._lease()),
+            WaitTimeSeconds=1,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        mine: dict[str, Any] | None = None
+        others: list[str] = []
+        for msg in resp.get("Messages") or []:
+            attr = (msg.get("MessageAttributes") or {}).get(TOKEN, {})
+            if attr.get("StringValue") == token:
+                mine = msg
+            else:
+                others.append(msg["ReceiptHandle"])
+        passed_over += len(others)
+        _show_again(broker, others)
+        if mine is not None:
+            fresh = broker.delivery_of(mine, started)
+            delivery.handle = fresh.handle
+            delivery.lease_deadline = fresh.lease_deadline
+            delivery.headers = fresh.headers
+            delivery.lost = False
+            return
+    delivery.lost = True
+    raise LeaseLost(
+        f"rollover: the continuation copy was not received back within "
+        f"{search_budget(broker):g}s ({passed_over} messages of other jobs passed over); it is "
+        "in the queue and the job resumes from its checkpoint once this holder's hold expires"
+    )
+
+
+def _show_again(broker: SqsBroker, receipts: list[str]) -> None:
+    if not receipts:
+        return
+    q = broker.queues
+    # If this fails they come back by themselves when their short lease runs out.
+    with contextlib.suppress(BrokerError):
+        broker.api.call(
+            "change_message_visibility_batch",
+            f"queue {q.name} (rollover)",
+            QueueUrl=q.url,
+            Entries=[
+                {"Id": f"r{i}", "ReceiptHandle": r, "VisibilityTimeout": 0}
+                for i, r in enumerate(receipts)
+            ],
+        )
