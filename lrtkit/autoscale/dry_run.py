@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
 
 class DryRunScaler:
-    """Prints ``dry-run: would ...`` for every change; keeps a simulated group."""
+    """Prints ``dry-run: would ...`` on stderr for every change; keeps a simulated group.
+
+    stderr, next to the decision log line, so ``--json`` output on stdout stays pure JSON.
+    """
 
     name: ClassVar[str] = "dry-run"
     persist_state: ClassVar[bool] = False
@@ -72,6 +75,6 @@ class DryRunScaler:
 
     def _say(self, text: str) -> None:
         self.changes.append(text)
-        out = self._out or sys.stdout
+        out = self._out or sys.stderr
         out.write(f"dry-run: {text} ({self.describe()})\n")
         out.flush()
