@@ -49,7 +49,7 @@ def storage_from(env: dict[str, str]) -> S3Storage:
 # -- conditional writes -----------------------------------------------------------------------
 
 
-def test_boto3_and_moto_support_conditional_put(lrt_moto_url: str, s3_bucket: str) -> None:
+def test_boto3_and_moto_support_conditional_put(s3_moto_url: str, s3_bucket: str) -> None:
     """This boto3 sends IfMatch/IfNoneMatch on PutObject and this moto enforces them."""
     import botocore.session
 
@@ -59,7 +59,7 @@ def test_boto3_and_moto_support_conditional_put(lrt_moto_url: str, s3_bucket: st
     members = shape.members
     assert "IfMatch" in members
     assert "IfNoneMatch" in members
-    client = raw_client(lrt_moto_url)
+    client = raw_client(s3_moto_url)
     key = unique_name("raw")
     etag = client.put_object(Bucket=s3_bucket, Key=key, Body=b"1")["ETag"]
     for kwargs in ({"IfMatch": '"0000"'}, {"IfNoneMatch": "*"}):
@@ -130,7 +130,7 @@ def test_bad_keys_are_refused(s3_storage: S3Storage, key: str) -> None:
 
 
 def test_list_keys_is_sorted_and_scoped_to_the_prefix(
-    s3_env: dict[str, str], lrt_moto_url: str, s3_bucket: str
+    s3_env: dict[str, str], s3_moto_url: str, s3_bucket: str
 ) -> None:
     storage = storage_from(s3_env)
     sibling = storage_from({**s3_env, "LRT_STORAGE": s3_env["LRT_STORAGE"] + "x"})
@@ -155,10 +155,10 @@ def test_list_keys_is_sorted_and_scoped_to_the_prefix(
 
 
 def test_list_and_delete_prefix_past_one_page(
-    s3_storage: S3Storage, lrt_moto_url: str, s3_bucket: str
+    s3_storage: S3Storage, s3_moto_url: str, s3_bucket: str
 ) -> None:
     """More than 1000 keys: listing pages, DeleteObjects goes in batches of 1000."""
-    client = raw_client(lrt_moto_url)
+    client = raw_client(s3_moto_url)
     keys = [f"bulk/{i:05d}" for i in range(1105)]
 
     def put(key: str) -> None:
@@ -190,13 +190,13 @@ def _write_file(path: Path, size: int) -> Path:
 
 @pytest.mark.parametrize("size", [0, 1000, 12 * MiB + 17])
 def test_files_round_trip(
-    s3_env: dict[str, str], tmp_path: Path, lrt_moto_url: str, s3_bucket: str, size: int
+    s3_env: dict[str, str], tmp_path: Path, s3_moto_url: str, s3_bucket: str, size: int
 ) -> None:
     env = {**s3_env, "LRT_S3_MULTIPART_THRESHOLD_MB": "5", "LRT_S3_MULTIPART_CHUNK_MB": "5"}
     storage = storage_from(env)
     src = _write_file(tmp_path / "src.bin", size)
     etag = storage.upload_file("jobs/j/checkpoint/blob", src)
-    head = raw_client(lrt_moto_url).head_object(
+    head = raw_client(s3_moto_url).head_object(
         Bucket=s3_bucket, Key=f"{storage.prefix}/jobs/j/checkpoint/blob", ChecksumMode="ENABLED"
     )
     assert head["ETag"] == etag
@@ -221,10 +221,10 @@ def test_download_of_a_missing_key_is_not_found(s3_storage: S3Storage, tmp_path:
 
 
 def test_download_that_does_not_match_its_checksum_is_refused(
-    s3_storage: S3Storage, tmp_path: Path, lrt_moto_url: str, s3_bucket: str
+    s3_storage: S3Storage, tmp_path: Path, s3_moto_url: str, s3_bucket: str
 ) -> None:
     """Bytes that differ from the recorded CRC32 never reach the destination."""
-    raw_client(lrt_moto_url).put_object(
+    raw_client(s3_moto_url).put_object(
         Bucket=s3_bucket,
         Key=f"{s3_storage.prefix}/blob",
         Body=b"these are not the bytes that were hashed",
@@ -243,15 +243,15 @@ def test_upload_of_a_missing_local_file(s3_storage: S3Storage, tmp_path: Path) -
         s3_storage.upload_file("x", tmp_path / "absent.bin")
 
 
-def test_bucket_deleted_mid_upload_raises(lrt_moto_url: str, tmp_path: Path) -> None:
+def test_bucket_deleted_mid_upload_raises(s3_moto_url: str, tmp_path: Path) -> None:
     """A multipart upload that loses its bucket half-way fails loudly, naming the bucket."""
     src = _write_file(tmp_path / "big.bin", 40 * MiB)
-    with temporary_bucket(lrt_moto_url) as bucket:
-        client = raw_client(lrt_moto_url)
+    with temporary_bucket(s3_moto_url) as bucket:
+        client = raw_client(s3_moto_url)
         storage = storage_from(
             {
                 "LRT_STORAGE": f"s3://{bucket}/p",
-                "LRT_S3_ENDPOINT_URL": lrt_moto_url,
+                "LRT_S3_ENDPOINT_URL": s3_moto_url,
                 "LRT_S3_REGION": "us-east-1",
                 "LRT_S3_MULTIPART_THRESHOLD_MB": "5",
                 "LRT_S3_MULTIPART_CHUNK_MB": "5",
@@ -314,10 +314,10 @@ def test_unreachable_endpoint_is_one_clear_error(tmp_path: Path) -> None:
         assert "LRT_S3_ENDPOINT_URL" in message
 
 
-def test_missing_bucket_is_one_clear_error(lrt_moto_url: str, tmp_path: Path) -> None:
+def test_missing_bucket_is_one_clear_error(s3_moto_url: str, tmp_path: Path) -> None:
     bucket = unique_name("lrt-absent")
     storage = storage_from(
-        {"LRT_STORAGE": f"s3://{bucket}/p", "LRT_S3_ENDPOINT_URL": lrt_moto_url, **KEYS}
+        {"LRT_STORAGE": f"s3://{bucket}/p", "LRT_S3_ENDPOINT_URL": s3_moto_url, **KEYS}
     )
     src = tmp_path / "f"
     src.write_bytes(b"data")
@@ -343,22 +343,22 @@ def test_missing_bucket_is_one_clear_error(lrt_moto_url: str, tmp_path: Path) ->
 # -- settings ---------------------------------------------------------------------------------
 
 
-def test_guide_r2_variables_work(lrt_moto_url: str, s3_bucket: str) -> None:
+def test_guide_r2_variables_work(s3_moto_url: str, s3_bucket: str) -> None:
     """A user of the SaladCloud guide sets only the R2_* variables: nothing else changes."""
     env = {
         "R2_BUCKET_NAME": s3_bucket,
-        "R2_S3_ENDPOINT_URL": lrt_moto_url,
+        "R2_S3_ENDPOINT_URL": s3_moto_url,
         "R2_AWS_ACCESS_KEY_ID": "r2-key-id",
         "R2_AWS_SECRET_ACCESS_KEY": "r2-secret-value-77",
     }
     storage = storage_from(env)
     assert storage.url == f"s3://{s3_bucket}"
-    assert storage.endpoint == lrt_moto_url
+    assert storage.endpoint == s3_moto_url
     assert storage.addressing_style == "path"
     assert storage.credentials_source == "explicit"
     key = f"{unique_name('r2')}/checkpoint.json"
     storage.put(key, b'{"step": 3}')
-    got = raw_client(lrt_moto_url).get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    got = raw_client(s3_moto_url).get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     assert got == b'{"step": 3}'
     storage.delete(key)
 
