@@ -16,7 +16,7 @@ from lrtkit.cli.common import (
     table,
 )
 from lrtkit.errors import LrtError
-from lrtkit.jobs import JobState, validate_job_id
+from lrtkit.jobs import JobState, job_id_of, validate_job_id
 from lrtkit.storage import layout
 
 
@@ -37,7 +37,8 @@ def list_(*, limit: int | None, as_json: bool) -> None:
         print_json(
             [
                 {
-                    "job_id": d.job_id,
+                    # The contract: the id the body carries, null when it has none.
+                    "job_id": job_id_of(d.body),
                     "reason": d.reason,
                     "deliveries": d.deliveries,
                     "body": d.body.decode("utf-8", errors="replace"),
@@ -52,7 +53,7 @@ def list_(*, limit: int | None, as_json: bool) -> None:
     view = table("job_id", "deliveries", "reason", "body")
     for d in letters:
         view.add_row(
-            d.job_id or "[dim](none)[/]",
+            job_id_of(d.body) or "[dim](none)[/]",
             str(d.deliveries),
             short(d.reason, 80),
             short(d.body.decode("utf-8", errors="replace"), 60),

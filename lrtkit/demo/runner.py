@@ -108,6 +108,7 @@ class Demo:
         self.env = _demo_env(folder, self.events_path)
         self.workers: list[Worker] = []
         self.messages: list[str] = []
+        self.highlights: list[str] = []  # the kill and the resume stay on screen
         self.kill: tuple[str, str, int] | None = None  # worker, job, step at the kill
         self._offset = 0
         self._live: Live | None = None
@@ -199,7 +200,7 @@ class Demo:
 
     def _maybe_kill(self) -> None:
         for view in self.views.values():
-            if view.state != "running" or view.step < max(3, view.steps // 3):
+            if view.state != "running" or view.step < max(3, view.steps // 2):
                 continue
             worker = next((w for w in self.workers if w.name == view.worker), None)
             if worker is None or worker.process.poll() is not None:
@@ -210,9 +211,10 @@ class Demo:
             self.kill = (worker.name, view.job_id, view.step)
             view.state = "orphaned"
             self._say(
-                f"[bold red]SIGKILL[/] {worker.name} (pid {worker.process.pid}) at step "
+                highlight=True,
+                message=f"[bold red]SIGKILL[/] {worker.name} (pid {worker.process.pid}) at step "
                 f"{view.step}/{view.steps} of {view.job_id}: its lease runs out within "
-                f"{LEASE_SECONDS} s and the job goes back to the queue"
+                f"{LEASE_SECONDS} s and the job goes back to the queue",
             )
             return
 
@@ -253,8 +255,9 @@ class Demo:
             if view.step:
                 view.resumed_from = view.step
                 self._say(
-                    f"[green]{worker} resumed {view.job_id} from its checkpoint at step "
-                    f"{view.step}/{view.steps}[/] (attempt {attempt})"
+                    highlight=True,
+                    message=f"[green]{worker} resumed {view.job_id} from its checkpoint at step "
+                    f"{view.step}/{view.steps}[/] (attempt {attempt})",
                 )
             else:
                 self._say(f"{worker} started {view.job_id} (n = {view.steps})")
@@ -309,10 +312,14 @@ class Demo:
                 f"{job.step}/{job.steps}",
                 job.state,
             )
-        return Group(view, Text(""), *(Text.from_markup(m) for m in self.messages[-6:]))
+        recent = [m for m in self.messages[-5:] if m not in self.highlights]
+        lines = [Text.from_markup(m) for m in [*self.highlights, *recent]]
+        return Group(view, Text(""), *lines)
 
-    def _say(self, message: str) -> None:
+    def _say(self, message: str, *, highlight: bool = False) -> None:
         self.messages.append(message)
+        if highlight:
+            self.highlights.append(message)
         if self._live is None:
             self.console.print(message, highlight=False, soft_wrap=True)
 
