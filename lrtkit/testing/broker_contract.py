@@ -180,6 +180,10 @@ class BrokerContract:
     concurrent_jobs: ClassVar[int] = 40
     #: How long counts may lag behind (depth(), dead_letters()).
     settle_seconds: ClassVar[float] = 10.0
+    #: How long a receive may take to return a job that is available.
+    receive_wait: ClassVar[float] = 10.0
+    #: Lease of the helper process that is killed while holding a job.
+    kill_lease_seconds: ClassVar[float | None] = None  # None: twice lease_seconds
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -192,7 +196,8 @@ class BrokerContract:
         broker.ensure()
         return broker
 
-    def take(self, broker: Broker, wait: float = 10.0) -> Delivery:
+    def take(self, broker: Broker, wait: float | None = None) -> Delivery:
+        wait = self.receive_wait if wait is None else wait
         delivery = broker.receive(wait)
         assert delivery is not None, f"no message received within {wait}s"
         return delivery
@@ -284,7 +289,7 @@ class BrokerContract:
         assert first.delivery_count == 1
         assert first.lease_deadline <= held_at + self.lease_seconds
         self.assert_empty(other, wait=min(0.5, self.lease_seconds / 4))
-        second = self.take(other, wait=self.lease_seconds + 10)
+        second = self.take(other, wait=self.lease_seconds + self.receive_wait)
         waited = time.monotonic() - held_at
         assert second.body == first.body
         assert second.delivery_count == 2
@@ -295,11 +300,12 @@ class BrokerContract:
     def test_killed_holder_process_job_is_redelivered(
         self, lrt_broker_target: BrokerTarget
     ) -> None:
+        kill_lease = self.kill_lease_seconds or self.lease_seconds * 2
         broker = self.fresh(lrt_broker_target)
         broker.publish([job("killed-1", steps=5)])
         holder = ChildProcess(
             ["hold", "--wait", str(self.startup_timeout)],
-            self.child_env(lrt_broker_target, self.lease_seconds),
+            self.child_env(lrt_broker_target, kill_lease),
         )
         with children(holder):
             line = holder.expect("HOLDING", self.startup_timeout)
@@ -307,7 +313,7 @@ class BrokerContract:
             self.assert_empty(broker, wait=0.2)
             holder.kill()
             killed_at = time.monotonic()
-            bound = (self.lease_seconds if broker.timed_lease else 0) + 15
+            bound = (kill_lease if broker.timed_lease else 0) + self.receive_wait + 5
             again = self.take(broker, wait=bound)
         assert job_id_of(again) == "killed-1"
         assert again.delivery_count == 2
@@ -339,7 +345,7 @@ class BrokerContract:
         other = self.make_broker(lrt_broker_target, self.long_lease_seconds)
         holder.publish([job("lost-1")])
         stale = self.take(holder)
-        current = self.take(other, wait=self.lease_seconds + 10)
+        current = self.take(other, wait=self.lease_seconds + self.receive_wait)
         assert current.delivery_count == 2
         with pytest.raises(LeaseLost):
             holder.extend(stale, self.lease_seconds)
@@ -365,7 +371,7 @@ class BrokerContract:
         holder.publish([job("closed-1")])
         stale = self.take(holder)
         holder.close()
-        current = self.take(other, wait=15)
+        current = self.take(other, wait=self.receive_wait + 5)
         assert current.delivery_count == 2
         with pytest.raises(LeaseLost):
             holder.extend(stale, self.lease_seconds)
@@ -383,7 +389,7 @@ class BrokerContract:
         delivery = self.take(holder)
         released_at = time.monotonic()
         holder.release(delivery)
-        again = self.take(other, wait=lease / 4)
+        again = self.take(other, wait=min(lease / 4, self.receive_wait))
         assert time.monotonic() - released_at < lease / 2  # long before the lease would end
         assert again.body == delivery.body
         assert again.delivery_count == 2
@@ -398,7 +404,7 @@ class BrokerContract:
         released_at = time.monotonic()
         holder.release(delivery, delay=delay)
         self.assert_empty(other, wait=delay / 2)
-        again = self.take(other, wait=delay + 10)
+        again = self.take(other, wait=delay + self.receive_wait)
         waited = time.monotonic() - released_at
         assert waited >= delay * 0.75, f"available {waited:.2f}s after a {delay}s delay"
         assert waited < lease / 2
