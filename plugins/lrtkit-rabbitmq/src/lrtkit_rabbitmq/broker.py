@@ -167,6 +167,10 @@ class RabbitMQBroker(Broker):
                 log.warning("handing back delayed releases at close failed: %s", exc)
         self._closed = True
         self.link.close()
+        with self._lock:
+            for delivery in self._held.values():
+                delivery.lost = True
+            self._held.clear()
 
     # -- producing -----------------------------------------------------------------------------
 
@@ -277,7 +281,7 @@ class RabbitMQBroker(Broker):
             for d in gone:
                 d.lost = True
                 self._held.pop(id(d), None)
-        if gone:
+        if gone and not self._closed:
             ids = ", ".join(str(d.handle.job_id) for d in gone[:5])
             log.warning("lease lost on %d job(s) (%s): %s", len(gone), ids, reason)
 
@@ -392,10 +396,13 @@ class RabbitMQBroker(Broker):
                     f"queue {self.queue!r} does not exist on {self.where}: run `lrtkit setup`"
                 )
             dead = adm.passive(self.topology.dlq)
-        in_flight = 0
+        # Without the management API, AMQP only gives the consumer count. lrtkit holds each
+        # job with its own (cancelled) consumer, which a quorum queue keeps counting until the
+        # job is settled; a worker waiting for a job counts too (see docs/rabbitmq.md).
+        in_flight = main[1]
         if self.management is not None:
             info = self.management.queue(self.queue)
-            in_flight = info.unacked if info is not None else 0
+            in_flight = info.unacked if info is not None else in_flight
         return Depth(waiting=main[0], in_flight=in_flight, dead=dead[0] if dead else 0)
 
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:

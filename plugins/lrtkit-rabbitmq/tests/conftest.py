@@ -1,0 +1,76 @@
+"""Fixtures for the RabbitMQ plugin's tests: a real RabbitMQ and a fresh queue per test.
+
+The server is found from ``LRT_TEST_RABBITMQ_URL`` (and ``LRT_TEST_RABBITMQ_MANAGEMENT_URL``
+for the management API), else started with testcontainers when a Docker engine answers,
+else the tests are skipped (or fail under ``LRT_REQUIRE_BROKERS=1``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pika
+import pytest
+
+from lrtkit.testing import BrokerTarget, service_unavailable, unique_name
+from lrtkit.testing.services import docker_available
+
+
+@dataclass(frozen=True)
+class RabbitServer:
+    url: str
+    management_url: str | None
+
+
+@pytest.fixture(scope="session")
+def rabbit_server() -> Iterator[RabbitServer]:
+    url = os.environ.get("LRT_TEST_RABBITMQ_URL")
+    if url:
+        yield RabbitServer(url, os.environ.get("LRT_TEST_RABBITMQ_MANAGEMENT_URL") or None)
+        return
+    if not docker_available():
+        service_unavailable("RabbitMQ (set LRT_TEST_RABBITMQ_URL or start Docker)")
+    try:
+        from testcontainers.community.rabbitmq import RabbitMqContainer  # type: ignore[import-not-found]
+    except ImportError:
+        from testcontainers.rabbitmq import RabbitMqContainer
+    with RabbitMqContainer("rabbitmq:3.13-management") as container:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(5672)
+        yield RabbitServer(f"amqp://guest:guest@{host}:{port}/%2F", None)
+
+
+def delete_queue_set(url: str, queue: str) -> None:
+    """Delete the queue, its dead-letter queue and exchange (and delay leftovers)."""
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as conn:
+        for name in (queue, f"{queue}.dlq"):
+            with contextlib.suppress(Exception):
+                conn.channel().queue_delete(name)
+        with contextlib.suppress(Exception):
+            conn.channel().exchange_delete(f"{queue}.dlx")
+
+
+@pytest.fixture
+def rabbit_env(rabbit_server: RabbitServer) -> Iterator[dict[str, str]]:
+    """Variables selecting a fresh RabbitMQ queue (deleted afterwards)."""
+    queue = unique_name("lrt-rmq")
+    env = {
+        "LRT_BROKER": "rabbitmq",
+        "LRT_QUEUE": queue,
+        "LRT_RABBITMQ_URL": rabbit_server.url,
+        "LRT_RABBITMQ_CONNECTION_NAME": queue,
+    }
+    if rabbit_server.management_url:
+        env["LRT_RABBITMQ_MANAGEMENT_URL"] = rabbit_server.management_url
+    yield env
+    delete_queue_set(rabbit_server.url, queue)
+
+
+@pytest.fixture
+def lrt_broker_target(rabbit_env: dict[str, str]) -> Iterator[BrokerTarget]:
+    target = BrokerTarget(env=dict(rabbit_env))
+    yield target
+    target.close()
