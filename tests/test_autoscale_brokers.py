@@ -1,0 +1,129 @@
+"""The autoscaler reads its depth from the real broker LRT_BROKER names: local and RabbitMQ."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lrtkit.autoscale.autoscaler import Autoscaler
+from lrtkit.broker import Broker, Message
+from lrtkit.config import load_settings
+from lrtkit.plugins import BROKERS, installed, load_broker
+from lrtkit.testing import service_unavailable, unique_name
+from lrtkit.testing.fake_salad import FakeSaladAPI
+
+GROUP = "workers"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeSaladAPI]:
+    with FakeSaladAPI() as fake:
+        fake.add_group(GROUP, replicas=0, status="stopped")
+        yield fake
+
+
+def jobs(count: int) -> list[Message]:
+    return [
+        Message(f"job-{i}", json.dumps({"job_id": f"job-{i}", "steps": 3}).encode())
+        for i in range(count)
+    ]
+
+
+def scale_once(env: dict[str, str]) -> dict[str, object]:
+    with Autoscaler.from_settings(load_settings(environ=env)) as auto:
+        return auto.run_once().to_dict()
+
+
+def test_depth_from_the_local_broker(api: FakeSaladAPI, tmp_path: Path) -> None:
+    env = {
+        "LRT_BROKER": "local",
+        "LRT_LOCAL_DB": str(tmp_path / "queue.sqlite3"),
+        "LRT_QUEUE": unique_name(),
+        "LRT_STORAGE": f"file://{tmp_path / 'store'}",
+        "LRT_AUTOSCALE_COOLDOWN": "0",
+        **api.environ(GROUP),
+    }
+    broker = load_broker(load_settings(environ=env))
+    try:
+        broker.publish(jobs(3))
+        held = broker.receive(0)
+        assert held is not None
+        decision = scale_once(env)
+        assert (decision["waiting"], decision["in_flight"]) == (2, 1)
+        assert (decision["desired"], decision["action"]) == (3, "start")
+        assert api.group(GROUP).replicas == 3
+        # the work is done: the fleet goes back to zero (cool-down 0)
+        broker.ack(held)
+        while (d := broker.receive(0)) is not None:
+            broker.ack(d)
+        decision = scale_once(env)
+        assert (decision["waiting"], decision["in_flight"], decision["action"]) == (0, 0, "stop")
+        assert api.group(GROUP).status == "stopped"
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    url = os.environ.get("LRT_TEST_RABBITMQ_URL")
+    if not url:
+        service_unavailable("RabbitMQ (set LRT_TEST_RABBITMQ_URL)")
+    if "rabbitmq" not in installed(BROKERS):
+        service_unavailable("the lrtkit-rabbitmq plugin")
+    return url
+
+
+def _delete_rabbitmq_queue(url: str, queue: str) -> None:
+    import pika
+    from lrtkit_rabbitmq.settings import RabbitMQSettings
+
+    names = RabbitMQSettings()
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for name in (queue, names.dlq_name(queue)):
+            channel.queue_delete(name)
+        channel.exchange_delete(names.dlx_name(queue))
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def test_depth_from_rabbitmq(api: FakeSaladAPI, rabbitmq_url: str, tmp_path: Path) -> None:
+    queue = unique_name()
+    env = {
+        "LRT_BROKER": "rabbitmq",
+        "LRT_RABBITMQ_URL": rabbitmq_url,
+        "LRT_QUEUE": queue,
+        "LRT_STORAGE": f"file://{tmp_path / 'store'}",
+        **api.environ(GROUP),
+    }
+    broker: Broker | None = None
+    try:
+        broker = load_broker(load_settings(environ=env))
+        broker.ensure()
+        broker.publish(jobs(5))
+        held = broker.receive(5)
+        assert held is not None
+        decision: dict[str, object] = {}
+        deadline = time.monotonic() + 10  # the queue's counters settle within moments
+        while time.monotonic() < deadline:
+            decision = scale_once(env)
+            if decision["waiting"] == 4:
+                break
+            time.sleep(0.2)
+        assert decision["waiting"] == 4
+        assert decision["in_flight"] == 1
+        assert (decision["desired"], decision["action"]) == (5, "start")
+        assert (api.group(GROUP).status, api.group(GROUP).replicas) == ("running", 5)
+        broker.release(held)
+    finally:
+        if broker is not None:
+            broker.close()
+        _delete_rabbitmq_queue(rabbitmq_url, queue)
