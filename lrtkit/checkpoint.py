@@ -269,6 +269,11 @@ class Checkpoint:
                 f"job {self.job_id}: the file listing {entry['tree']!r} of checkpoint generation "
                 f"{entry['generation']} is missing from {self.storage.url}"
             )
+        if folder.exists() and not folder.is_dir():
+            raise LrtError(
+                f"job {self.job_id}: cannot restore the checkpoint into {folder}: "
+                "it is a file, not a folder"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         staged = self._download_changed(folder, tree, int(entry["generation"]))
         try:
@@ -309,7 +314,8 @@ class Checkpoint:
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptCheckpoint(
                 f"job {self.job_id}: checkpoint manifest {self._manifest_key!r} in "
-                f"{self.storage.url} is unreadable: {exc}"
+                f"{self.storage.url} is unreadable ({exc}); to start the job over from "
+                f"scratch, delete everything under {layout.checkpoint_prefix(self.job_id)!r}"
             ) from None
         self._seen_generation = max(self._seen_generation, int(manifest["generation"]))
         return manifest, etag

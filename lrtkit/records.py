@@ -12,6 +12,7 @@ elsewhere: progress in fenced checkpoints, cancellation in its own marker object
 from __future__ import annotations
 
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from lrtkit.storage import layout
 from lrtkit.storage.base import Storage
 
 _READ_THREADS = 16
+log = logging.getLogger("lrtkit.records")
 
 
 class JobStore:
@@ -88,10 +90,18 @@ class JobStore:
         if not ids:
             return []
         with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(ids))) as pool:
-            found = list(pool.map(self.get, ids))
+            found = list(pool.map(self._get_for_listing, ids))
         records = [r for r in found if r is not None and (state is None or r.state == state)]
         records.sort(key=lambda r: r.job_id)
         return records
+
+    def _get_for_listing(self, job_id: str) -> JobRecord | None:
+        # One unreadable record must not hide all the others from `lrtkit jobs`.
+        try:
+            return self.get(job_id)
+        except StorageError as exc:
+            log.warning("skipping job %s in the listing: %s", job_id, exc)
+            return None
 
     # -- cancellation ---------------------------------------------------------------------------
 

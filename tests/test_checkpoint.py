@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lrtkit.checkpoint import Checkpoint, CheckpointStateError
-from lrtkit.errors import LeaseLost, LrtError
+from lrtkit.errors import CorruptCheckpoint, LeaseLost, LrtError
 from lrtkit.storage import layout
 from lrtkit.storage.file import FileStorage
 from lrtkit.testing.storage_contract import CountingStorage, read_tree, write_tree
@@ -229,3 +229,22 @@ def test_file_checkpoint_layout_on_disk(tmp_path: Path) -> None:
     cp.save({"x": 1})
     assert (tmp_path / "store/jobs/job-1/checkpoint/manifest.json").is_file()
     assert len(list((tmp_path / "store/jobs/job-1/checkpoint/state").iterdir())) == 1
+
+
+def test_restore_into_a_file_is_a_clear_error(
+    lrt_storage_target: StorageTarget, tmp_path: Path
+) -> None:
+    cp = Checkpoint(lrt_storage_target.storage(), unique_name("job"), "w")
+    write_tree(tmp_path / "src", {"f": b"x"})
+    cp.save_dir(tmp_path / "src")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LrtError, match="not a folder"):
+        cp.restore_dir(tmp_path / "file")
+
+
+def test_unreadable_manifest_says_how_to_start_over(lrt_storage_target: StorageTarget) -> None:
+    storage = lrt_storage_target.storage()
+    job_id = unique_name("job")
+    storage.put(layout.manifest_key(job_id), b"garbage")
+    with pytest.raises(CorruptCheckpoint, match="delete everything under"):
+        Checkpoint(storage, job_id, "w").claim()

@@ -172,3 +172,13 @@ def test_conditional_writes_from_four_processes(tmp_path: Path) -> None:
     assert log == [f"log/{n:05d}" for n in range(1, 4 * rounds + 1)]  # each value won exactly once
     writers = {storage.get(k)[0] for k in log}
     assert len(writers) > 1  # the processes really raced
+
+
+def test_listing_does_not_follow_a_symlink_out_of_the_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("x")
+    storage = FileStorage(tmp_path / "store")
+    os.symlink(outside, tmp_path / "store" / "link")
+    assert list(storage.list_keys("link/")) == []
+    assert list(storage.list_keys("")) == []

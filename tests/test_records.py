@@ -145,3 +145,12 @@ def test_layout_keys() -> None:
     assert a != b
     assert "/" not in a
     assert ":" not in a
+
+
+def test_listing_skips_an_unreadable_record(
+    store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.update("good", state="queued")
+    store.storage.put(layout.record_key("broken"), b"{not json")
+    assert [r.job_id for r in store.list_records()] == ["good"]
+    assert "broken" in caplog.text

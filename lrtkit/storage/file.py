@@ -274,6 +274,9 @@ class FileStorage(Storage):
             raise StorageError(f"storage prefix {prefix!r} has a '.' or '..' part")
         folder_part = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self._root / folder_part if folder_part else self._root
+        real = os.path.realpath(start)
+        if real != self._real_root and not real.startswith(self._real_root + os.sep):
+            return  # a symlink planted in the root: nothing outside it is listed
         keys: list[str] = []
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED)]
