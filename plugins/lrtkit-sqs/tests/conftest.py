@@ -8,9 +8,9 @@ from typing import Any
 
 import boto3
 import pytest
+from lrtkit_sqs.setup import dlq_name, fifo_name
 
 from lrtkit.testing.target import BrokerTarget, unique_name
-from lrtkit_sqs.setup import dlq_name, fifo_name
 
 REGION = "us-east-1"
 

@@ -27,6 +27,7 @@ from lrtkit_sqs.client import SqsApi, visibility
 from lrtkit_sqs.codec import from_wire
 from lrtkit_sqs.deadletter import DeadLetters
 from lrtkit_sqs.publish import Publisher
+from lrtkit_sqs.rollover import roll_over, rolling_over_elsewhere, show_again
 from lrtkit_sqs.settings import SQS_MAX_VISIBILITY, SqsSettings
 from lrtkit_sqs.setup import Queues, QueueSetup, name_of_url
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 #: Message attribute carrying the receives of earlier copies of a rolled-over job.
 PRIOR_RECEIVES = "lrt-prior-receives"
+#: Pause after handing back another holder's continuation copy, so that holder gets it first.
+BOUNCE_PAUSE = 0.3
 
 
 @dataclass
@@ -151,7 +154,11 @@ class SqsBroker(Broker):
                 MessageAttributeNames=["All"],
             )
             messages = resp.get("Messages") or []
-            if messages:
+            if messages and rolling_over_elsewhere(messages[0]):
+                # Another holder is taking this continuation copy back: not ours to see.
+                show_again(self, [messages[0]["ReceiptHandle"]])
+                time.sleep(max(0.0, min(BOUNCE_PAUSE, deadline - time.monotonic())))
+            elif messages:
                 return self.delivery_of(messages[0], started)
             if time.monotonic() >= deadline:
                 return None
@@ -248,8 +255,6 @@ class SqsBroker(Broker):
         self._ack(delivery)
 
     def rollover(self, delivery: Delivery) -> None:
-        from lrtkit_sqs.rollover import roll_over
-
         self._check_held(delivery)
         roll_over(self, delivery)
 

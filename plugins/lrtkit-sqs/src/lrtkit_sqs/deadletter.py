@@ -27,7 +27,9 @@ REASON = "lrt-reason"
 DELIVERIES = "lrt-deliveries"
 JOB_ID = "lrt-job-id"
 #: lrtkit's own attributes, dropped when a message goes back to the main queue.
-OWN_ATTRIBUTES = frozenset({REASON, DELIVERIES, JOB_ID, "lrt-rollover", "lrt-prior-receives"})
+OWN_ATTRIBUTES = frozenset(
+    {REASON, DELIVERIES, JOB_ID, "lrt-rollover", "lrt-rollover-until", "lrt-prior-receives"}
+)
 MAX_ATTRIBUTES = 10  # SQS allows at most 10 message attributes
 MAX_REASON = 2048
 

@@ -48,12 +48,25 @@ if TYPE_CHECKING:
     from lrtkit_sqs.broker import SqsBroker
 
 TOKEN = "lrt-rollover"  # noqa: S105 - an attribute name, not a secret
+UNTIL = "lrt-rollover-until"
 PRIOR = "lrt-prior-receives"
 
 
 def search_budget(broker: SqsBroker) -> float:
     """How long step 3 may take: half a lease (the record's hold covers at least one lease)."""
     return max(1.0, broker.settings.lease_seconds / 2)
+
+
+def rolling_over_elsewhere(msg: dict[str, Any]) -> bool:
+    """True for a continuation copy whose holder is still looking for it (hand it back)."""
+    attrs = msg.get("MessageAttributes") or {}
+    until = attrs.get(UNTIL, {}).get("StringValue")
+    if TOKEN not in attrs or until is None:
+        return False
+    try:
+        return float(until) > time.time()
+    except ValueError:
+        return False
 
 
 def roll_over(broker: SqsBroker, delivery: Delivery) -> None:
@@ -63,6 +76,11 @@ def roll_over(broker: SqsBroker, delivery: Delivery) -> None:
     own = {
         TOKEN: string_attr(token),
         PRIOR: {"DataType": "Number", "StringValue": str(max(0, delivery.delivery_count - 1))},
+        # Other lrtkit consumers hand a copy back unseen until then (wall clock, epoch seconds).
+        UNTIL: {
+            "DataType": "Number",
+            "StringValue": f"{time.time() + search_budget(broker) + 1:.3f}",
+        },
     }
     attrs = {**user_attributes(h.attributes, MAX_ATTRIBUTES - len(own)), **own}
     broker.api.call(
@@ -109,7 +127,7 @@ def _take_back(broker: SqsBroker, delivery: Delivery, token: str) -> None:
             else:
                 others.append(msg["ReceiptHandle"])
         passed_over += len(others)
-        _show_again(broker, others)
+        show_again(broker, others)
         if mine is not None:
             fresh = broker.delivery_of(mine, started)
             delivery.handle = fresh.handle
@@ -125,7 +143,8 @@ def _take_back(broker: SqsBroker, delivery: Delivery, token: str) -> None:
     )
 
 
-def _show_again(broker: SqsBroker, receipts: list[str]) -> None:
+def show_again(broker: SqsBroker, receipts: list[str]) -> None:
+    """Make received messages visible again at once (errors ignored: their lease runs out)."""
     if not receipts:
         return
     q = broker.queues
