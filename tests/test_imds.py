@@ -123,3 +123,16 @@ def test_an_http_server_that_is_not_an_imds_is_not_used(imds: FakeIMDS) -> None:
 @pytest.mark.parametrize("value", ["off", "", "none"])
 def test_probe_can_be_switched_off(value: str) -> None:
     assert isinstance(reporter_for(value), NoopReporter)
+
+
+def test_proxy_settings_are_bypassed(imds: FakeIMDS, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a proxy that does not exist: any request sent through it would fail
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, dead_proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    reporter = reporter_for(imds.url)
+    assert isinstance(reporter, SaladReporter)
+    reporter.busy()
+    assert imds.deletion_cost == BUSY_DELETION_COST

@@ -57,9 +57,12 @@ def request(
     json_body: Any = None,
     content_type: str = "application/json",
     timeout: float = 10.0,
+    use_proxy: bool = True,
 ) -> HttpResponse:
     """Send one request and return the answer, whatever its status.
 
+    ``use_proxy=False`` ignores ``http_proxy``/``https_proxy`` (a metadata service must be
+    reached directly; a proxy would refuse it or, worse, answer for another machine).
     Raises :class:`TransportError` when no HTTP answer came back within ``timeout`` seconds.
     """
     data = None
@@ -71,7 +74,8 @@ def request(
         raise TransportError(f"{url!r} is not an http(s) URL")
     req = urllib.request.Request(url, data=data, method=method, headers=all_headers)  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked
+        opener = _DIRECT if not use_proxy else urllib.request.build_opener()
+        with opener.open(req, timeout=timeout) as resp:
             return HttpResponse(resp.status, resp.read(), _lower(resp.headers.items()))
     except urllib.error.HTTPError as exc:
         body = exc.read() if exc.fp is not None else b""
@@ -79,6 +83,9 @@ def request(
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TransportError(f"{method} {url}: {reason}") from exc
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _lower(items: Any) -> dict[str, str]:

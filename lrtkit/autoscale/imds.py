@@ -12,6 +12,7 @@ uses two of its endpoints:
   consecutive job failures on this node (a bad GPU, a broken driver) the node asks to be
   moved to other hardware.
 
+Requests go straight to the IMDS, never through ``http_proxy`` (SaladCloud requires it).
 The IMDS is probed once (``GET /v1/status``, :data:`DETECT_TIMEOUT` seconds); off SaladCloud
 the worker gets a no-op reporter at once. A reporter never raises into the worker: IMDS errors
 are logged and the job goes on.
@@ -137,7 +138,12 @@ class SaladReporter:
         url = self.base_url + path
         try:
             resp = request(
-                method, url, headers={"Metadata": "true"}, json_body=body, timeout=self.timeout
+                method,
+                url,
+                headers={"Metadata": "true"},
+                json_body=body,
+                timeout=self.timeout,
+                use_proxy=False,
             )
         except TransportError as exc:
             log.warning("SaladCloud IMDS did not answer %s %s: %s", method, path, exc)
@@ -163,6 +169,7 @@ def imds_available(base_url: str, timeout: float = DETECT_TIMEOUT) -> bool:
             base_url.rstrip("/") + "/v1/status",
             headers={"Metadata": "true"},
             timeout=timeout,
+            use_proxy=False,
         )
     except Exception:  # noqa: BLE001 - any failure means no IMDS here
         return False

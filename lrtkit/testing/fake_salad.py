@@ -321,11 +321,8 @@ class FakeIMDS(FakeHTTPServer):
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
         if headers.get("metadata", "").lower() != "true":
-            return (
-                400,
-                {"title": "Bad Request", "detail": "the Metadata: true header is missing"},
-                {},
-            )
+            detail = "the Metadata: true header is missing"
+            return 403, {"title": "Forbidden", "detail": detail}, {}
         if path == "/v1/status" and method == "GET":
             return 200, {"ready": True, "started": True}, {}
         if path == "/v1/token" and method == "GET":
@@ -342,7 +339,7 @@ class FakeIMDS(FakeHTTPServer):
                 )
             self.deletion_cost = cost
             self.cost_history.append(cost)
-            return 200, {"deletion_cost": cost}, {}
+            return 204, None, {}
         if path == "/v1/reallocate" and method == "POST":
             reason = body.get("reason") if isinstance(body, dict) else None
             if not isinstance(reason, str) or not reason:
