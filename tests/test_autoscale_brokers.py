@@ -127,3 +127,72 @@ def test_depth_from_rabbitmq(api: FakeSaladAPI, rabbitmq_url: str, tmp_path: Pat
         if broker is not None:
             broker.close()
         _delete_rabbitmq_queue(rabbitmq_url, queue)
+
+
+def test_lambda_handler_on_sqs_with_the_guides_names(
+    api: FakeSaladAPI,
+    lrt_moto_url: str,
+    lrt_aws_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SaladCloud SQS guide's Lambda environment, unchanged, on a real SQS API (moto)."""
+    queue = unique_name()
+    setup_env = {
+        **lrt_aws_env,
+        "LRT_BROKER": "sqs",
+        "LRT_QUEUE": queue,
+        "LRT_SQS_ENDPOINT_URL": lrt_moto_url,
+        "LRT_SQS_REGION": "us-east-1",
+        "LRT_SQS_ACCESS_KEY_ID": "testing",
+        "LRT_SQS_SECRET_ACCESS_KEY": "testing",
+    }
+    broker = load_broker(load_settings(environ=setup_env))
+    try:
+        broker.ensure()
+        broker.publish(jobs(3))
+        queue_url = broker.queues.url  # type: ignore[attr-defined]
+        for key in list(os.environ):
+            if key.startswith(("LRT_", "SALAD_")):
+                monkeypatch.delenv(key)
+        for key, value in {
+            **lrt_aws_env,
+            "LRT_SQS_ENDPOINT_URL": lrt_moto_url,
+            "LRT_SALAD_API_URL": api.url,
+            "LRT_STORAGE": f"file://{tmp_path / 'store'}",
+            # the guide's own names
+            "queue_url": queue_url,
+            "max_replicas": "250",
+            "min_replicas": "0",
+            "salad_org": api.organization,
+            "salad_project": api.project,
+            "salad_container_group_name": GROUP,
+            "salad_api_key": api.api_key,
+        }.items():
+            monkeypatch.setenv(key, value)
+        from lrtkit.autoscale.aws_lambda import handler
+
+        result = handler({}, None)
+        assert (result["waiting"], result["in_flight"]) == (3, 0)
+        assert (result["desired"], result["action"]) == (3, "start")
+        assert (api.group(GROUP).status, api.group(GROUP).replicas) == ("running", 3)
+    finally:
+        broker.close()
+        _delete_sqs_queues(lrt_moto_url, queue)
+
+
+def _delete_sqs_queues(endpoint: str, queue: str) -> None:
+    import boto3
+
+    client = boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    try:
+        for url in client.list_queues(QueueNamePrefix=queue).get("QueueUrls", []):
+            client.delete_queue(QueueUrl=url)
+    finally:
+        client.close()
