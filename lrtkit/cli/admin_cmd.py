@@ -112,7 +112,7 @@ def _job_status(job_id: str, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    view = table("field", "value", title=f"job {job_id}")
+    view = table("field", "value", title=f"job {job_id}", wrap=("value",))
     view.add_row("state", _state(record))
     view.add_row("attempts", str(record.attempts))
     view.add_row("failures", str(record.failures))
@@ -149,7 +149,16 @@ def jobs(*, state_filter: str | None, as_json: bool) -> None:
         which = f" in state {state_filter}" if state_filter else ""
         console.print(f"no jobs{which}", highlight=False)
         return
-    view = table("job_id", "state", "attempts", "failures", "progress", "result / error", "updated")
+    view = table(
+        "job_id",
+        "state",
+        "tries",
+        "progress",
+        "result / error",
+        "updated",
+        wrap=("result / error",),
+        widths={"job_id": 12, "updated": 11, "progress": 8},
+    )
     for record in records:
         public = record.public()
         outcome = record.error if record.error else record.result
@@ -157,9 +166,8 @@ def jobs(*, state_filter: str | None, as_json: bool) -> None:
             record.job_id,
             _state(record),
             str(record.attempts),
-            str(record.failures),
-            show_progress(public["progress"]),
-            "" if outcome is None else short(outcome, 50),
+            show_progress(public["progress"], metrics=False),
+            "" if outcome is None else short(outcome, 60),
             _when(public["updated_at"]),
         )
     console.print(view)
@@ -210,5 +218,6 @@ def _state(record: JobRecord) -> str:
 
 
 def _when(value: Any) -> str:
+    """``MM-DD HH:MM`` (UTC) of an ISO timestamp: short enough for a table."""
     text = str(value or "")
-    return text.replace("T", " ")[:19]
+    return text.replace("T", " ")[5:16]

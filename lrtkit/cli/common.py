@@ -113,15 +113,29 @@ def opened_broker() -> Iterator[Broker]:
         broker.close()
 
 
-def table(*columns: str, title: str | None = None) -> Table:
-    """A plain rich table with the look every command shares."""
+def table(
+    *columns: str,
+    title: str | None = None,
+    wrap: tuple[str, ...] = (),
+    widths: dict[str, int] | None = None,
+) -> Table:
+    """A plain rich table with the look every command shares.
+
+    Columns stay on one line (cut with an ellipsis when the terminal is too narrow), except
+    those named in ``wrap``, which fold: reasons, details and advice must be read whole.
+    ``widths`` gives columns a minimum width (never cut below it).
+    """
     t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     for name in columns:
-        t.add_column(name, overflow="fold")
+        if name in wrap:
+            t.add_column(name, overflow="fold", min_width=12)
+        else:
+            least = (widths or {}).get(name, len(name))
+            t.add_column(name, no_wrap=True, overflow="ellipsis", min_width=least)
     return t
 
 
-def show_progress(progress: Any) -> str:
+def show_progress(progress: Any, *, metrics: bool = True) -> str:
     """A job record's progress as ``done/total (pct) key=value ...``; empty if none."""
     if not progress:
         return ""
@@ -131,8 +145,8 @@ def show_progress(progress: Any) -> str:
         text = f"{_num(done)}/{_num(total)}" if total else _num(done)
         if total:
             text += f" ({100 * done / total:.0f}%)"
-    metrics = progress.get("metrics") or {}
-    extra = " ".join(f"{k}={_num(v)}" for k, v in metrics.items())
+    shown = (progress.get("metrics") or {}) if metrics else {}
+    extra = " ".join(f"{k}={_num(v)}" for k, v in shown.items())
     return f"{text} {extra}".strip()
 
 

@@ -50,7 +50,7 @@ def list_(*, limit: int | None, as_json: bool) -> None:
     if not letters:
         console.print("the dead-letter queue is empty", highlight=False)
         return
-    view = table("job_id", "deliveries", "reason", "body")
+    view = table("job_id", "deliveries", "reason", "body", wrap=("reason", "body"))
     for d in letters:
         view.add_row(
             job_id_of(d.body) or "[dim](none)[/]",

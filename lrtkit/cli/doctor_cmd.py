@@ -211,11 +211,13 @@ def _load_hint(exc: PluginLoadError) -> str:
 
 def _print(shown: list[tuple[str, str, str]], checks: list[Check]) -> None:
     if shown:
-        view = table("variable", "value", "source", title="settings")
+        view = table("variable", "value", "source", title="settings", wrap=("value",))
         for variable, value, source in shown:
             view.add_row(variable, value, source if source == "set" else f"[dim]{source}[/]")
         console.print(view)
-    results = table("check", "status", "detail", "what to do", title="checks")
+    results = table(
+        "check", "status", "detail", "what to do", title="checks", wrap=("detail", "what to do")
+    )
     for check in checks:
         results.add_row(check.name, STYLE.get(check.status, check.status), check.detail, check.fix)
     console.print(results)

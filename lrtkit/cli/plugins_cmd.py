@@ -9,6 +9,8 @@ import click
 from lrtkit.cli.common import console, handle_errors, print_json, table
 from lrtkit.plugins import describe_installed
 
+KINDS = {"lrtkit.brokers": "broker", "lrtkit.storage": "storage", "lrtkit.scalers": "scaler"}
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
@@ -24,14 +26,12 @@ def plugins(*, as_json: bool) -> None:
     if as_json:
         print_json([dataclasses.asdict(i) for i in infos])
     else:
-        view = table("kind", "name", "from", "version", "entry point", "status")
+        view = table("kind", "name", "package", "status", wrap=("status",))
         for info in infos:
             view.add_row(
-                info.namespace.rpartition(".")[2],
+                KINDS.get(info.namespace, info.namespace),
                 info.name,
-                info.distribution or "?",
-                info.version or "?",
-                info.target,
+                f"{info.distribution or '?'} {info.version or ''}".strip(),
                 "[green]ok[/]" if info.error is None else f"[red]broken[/]: {info.error}",
             )
         console.print(view)
