@@ -2,8 +2,8 @@
 
 Plugin packages use them too (``lrtkit run lrtkit.testing.handlers:sum_job``), so they depend on
 nothing but lrtkit. Every step a handler completes is appended to a trace file
-(``$LRT_TEST_TRACE_DIR/{job_id}.trace``, one ``step attempt pid`` line per step, written before
-the checkpoint is saved) so a test can count redone steps after killing workers.
+(``$LRT_TEST_TRACE_DIR/{job_id}.trace``, one ``step attempt pid time`` line per step, written
+before the checkpoint is saved) so a test can count redone steps after killing workers.
 
 ``python -m lrtkit.testing.handlers`` is the command-mode child: the same sum, checkpointing
 ``$LRT_CHECKPOINT_DIR/state.json``; payload fields ``exit_code`` (exit with it at once) and
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -42,21 +42,28 @@ def trace(job_id: str, step: int, attempt: int) -> None:
         return
     path = Path(folder) / f"{job_id}.trace"
     with path.open("a", encoding="utf-8") as fh:
-        fh.write(f"{step} {attempt} {os.getpid()}\n")
+        fh.write(f"{step} {attempt} {os.getpid()} {time.time():.3f}\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def read_trace(folder: str | Path, job_id: str) -> list[tuple[int, int, int]]:
-    """The ``(step, attempt, pid)`` lines of a job's trace (empty if none yet)."""
+class TraceRow(NamedTuple):
+    step: int
+    attempt: int
+    pid: int
+    at: float
+
+
+def read_trace(folder: str | Path, job_id: str) -> list[TraceRow]:
+    """The rows of a job's trace, oldest first (empty if none yet)."""
     path = Path(folder) / f"{job_id}.trace"
     if not path.exists():
         return []
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         parts = line.split()
-        if len(parts) == 3:
-            rows.append((int(parts[0]), int(parts[1]), int(parts[2])))
+        if len(parts) == 4:
+            rows.append(TraceRow(int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3])))
     return rows
 
 
