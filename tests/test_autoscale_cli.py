@@ -269,3 +269,23 @@ def test_load_scaler_builds_the_builtin_dry_run(env: dict[str, str]) -> None:
     assert scaler.describe() == "dry run on a simulated group"
     state = scaler.get_state()
     assert (state.replicas, state.running) == (0, False)
+
+
+def test_dry_run_reads_the_real_group_and_changes_nothing(
+    env: dict[str, str], api: FakeSaladAPI
+) -> None:
+    api.add_group(GROUP, replicas=4, status="running")
+    publish(env, 9)
+    result = invoke({**env, **api.environ(GROUP)}, "--once", "--provider", "dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    decision = json.loads(result.stdout)
+    assert (decision["current"], decision["desired"], decision["action"]) == (4, 9, "scale_up")
+    assert "dry-run: would set replicas to 9 (dry run on SaladCloud acme/" in result.stderr
+    assert [c.method for c in api.calls] == ["GET"]  # read, never written
+    assert api.group(GROUP).replicas == 4
+
+
+def test_state_keys_are_safe_storage_keys() -> None:
+    assert state_key("lrtkit-jobs") == "_lrtkit/autoscale/lrtkit-jobs.json"
+    assert state_key("a/b c") == "_lrtkit/autoscale/a_b_c.json"
+    assert state_key("..") == "_lrtkit/autoscale/queue.json"

@@ -294,3 +294,14 @@ def test_unreachable_api_is_retried_then_reported(env: dict[str, str]) -> None:
     scaler = fast_scaler(settings, max_attempts=2)
     with pytest.raises(ScalerError, match="after 2 attempts"):
         scaler.get_state()
+
+
+def test_loop_stops_on_a_configuration_error(api: FakeSaladAPI, env: dict[str, str]) -> None:
+    api.add_group(GROUP, replicas=1, status="running")
+    settings = load_settings(environ={**env, "LRT_SALAD_API_KEY": "revoked"})
+    with (
+        autoscaler(settings, Clock(), fast_scaler(settings)) as auto,
+        pytest.raises(ScalerConfigError, match="refused the API key"),
+    ):
+        auto.run(0.05, max_runs=5)
+    assert len(api.calls) == 1  # not retried: a bad key does not get better
