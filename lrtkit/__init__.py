@@ -4,6 +4,8 @@ The public names a handler needs: :class:`JobContext` (its second argument), :cl
 (raised by ``ctx.check()``), and the error tree rooted at :class:`LrtError`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from lrtkit.errors import (
     BrokerError,
     ConfigError,
@@ -17,6 +19,9 @@ from lrtkit.errors import (
     StorageError,
 )
 
+if TYPE_CHECKING:
+    from lrtkit.worker.context import JobContext
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -25,6 +30,7 @@ __all__ = [
     "ConnectionLost",
     "InvalidJob",
     "InvalidJobId",
+    "JobContext",
     "LeaseLost",
     "LrtError",
     "PluginNotFound",
@@ -32,3 +38,12 @@ __all__ = [
     "StorageError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # JobContext is imported on first use, so ``import lrtkit`` stays light for the CLI.
+    if name == "JobContext":
+        from lrtkit.worker.context import JobContext
+
+        return JobContext
+    raise AttributeError(f"module 'lrtkit' has no attribute {name!r}")

@@ -14,6 +14,7 @@ mark the record ``dead``). Then run it with a checkpoint claimed for this delive
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -125,12 +126,16 @@ class JobProcessor:
         assert attempt.job_id is not None
         job_id = attempt.job_id
         attempts = (record.attempts if record else 0) + 1
-        failures_before = record.failures if record else 0
+        # A dead record on a delivered job means it was sent back from the dead-letter queue
+        # (``lrtkit dlq redrive``): it starts with a clean failure count.
+        failures_before = record.failures if record and record.state != JobState.DEAD else 0
         try:
             self._retry(
                 attempt,
                 "mark the job running",
-                lambda: attempt.update_record(state=JobState.RUNNING, attempts=attempts),
+                lambda: attempt.update_record(
+                    state=JobState.RUNNING, attempts=attempts, failures=failures_before
+                ),
             )
             checkpoint = Checkpoint(
                 self.storage, job_id, owner=attempt.owner, keep=self.settings.checkpoint_keep
@@ -161,7 +166,11 @@ class JobProcessor:
         try:
             result = self.task.run(attempt, ctx, job)
         except Stop as stop:
-            return self._stopped(attempt, keeper, attempt.stop_reason or stop.reason)
+            if attempt.stop_reason is None:
+                # The handler raised Stop on its own: an interruption, retried after a pause.
+                why = f"the handler raised Stop({stop.reason!r})"
+                return self._interrupted(attempt, keeper, why, self.settings.retry_backoff_seconds)
+            return self._stopped(attempt, keeper, attempt.stop_reason)
         except RetryLater as exc:
             if attempt.stop_reason is not None:
                 return self._stopped(attempt, keeper, attempt.stop_reason)
@@ -184,6 +193,14 @@ class JobProcessor:
             return self._stopped(attempt, keeper, LEASE_LOST)
         if attempt.stop_reason == CANCELLED:
             return self._stopped(attempt, keeper, CANCELLED)
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            summary = (
+                f"the handler returned a {type(result).__name__}, which is not JSON-serialisable "
+                f"({exc}): return dicts, lists, strings, numbers, booleans or None"
+            )
+            return self._failed(attempt, keeper, clip(summary), failures_before + 1)
         return self._succeeded(attempt, keeper, ctx, result)
 
     # -- endings -------------------------------------------------------------------------------
