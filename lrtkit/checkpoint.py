@@ -25,24 +25,23 @@ dropped from the manifest and the keys only they referenced are deleted. Each cl
 keys left by earlier holders' interrupted saves. Keys of a holder that claimed later are never
 swept (their owner tag is unknown to the sweeper), so a slow sweep cannot delete a newer
 holder's fresh data. Pruning failures are logged, never raised.
+
+Moving folder files (hashing, parallel uploads and downloads, exact restores) is the job of
+:mod:`lrtkit.checkpoint_folder`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import random
-import shutil
 import threading
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lrtkit.checkpoint_folder import FolderUpload, HashCache, Tree, restore
 from lrtkit.errors import (
     CorruptCheckpoint,
     LeaseLost,
@@ -53,54 +52,17 @@ from lrtkit.errors import (
 )
 from lrtkit.jobs import utcnow, validate_job_id
 from lrtkit.storage import layout
-from lrtkit.storage.base import Storage, check_key
+from lrtkit.storage.base import Storage
 
 log = logging.getLogger("lrtkit.checkpoint")
 
 MANIFEST_FORMAT = 1
-TREE_FORMAT = 1
 HOLDER_HISTORY = 64
 CLAIM_ATTEMPTS = 50
-CHUNK = 1024 * 1024
-_RESTORE_TMP = ".lrtkit-restore-"
 
 
 class CheckpointStateError(LrtError, TypeError):
     """The object given to :meth:`Checkpoint.save` cannot be stored as JSON."""
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One file of a folder checkpoint."""
-
-    sha256: str
-    size: int
-    key: str
-    mode: int = 0o644
-
-    def to_json(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "size": self.size, "key": self.key, "mode": self.mode}
-
-
-@dataclass(frozen=True)
-class Tree:
-    """The file listing of a folder generation (``dirs`` keeps empty folders too)."""
-
-    files: dict[str, FileEntry]
-    dirs: tuple[str, ...]
-
-    def to_bytes(self) -> bytes:
-        body = {
-            "format": TREE_FORMAT,
-            "files": {rel: entry.to_json() for rel, entry in sorted(self.files.items())},
-            "dirs": sorted(self.dirs),
-        }
-        return json.dumps(body, separators=(",", ":")).encode()
-
-    def same_content(self, other: Tree) -> bool:
-        mine = {rel: (e.sha256, e.mode) for rel, e in self.files.items()}
-        theirs = {rel: (e.sha256, e.mode) for rel, e in other.files.items()}
-        return mine == theirs and set(self.dirs) == set(other.dirs)
 
 
 class Checkpoint:
@@ -126,7 +88,7 @@ class Checkpoint:
         self._revoked: str | None = None
         self._seen_generation = 0
         self._trees: dict[str, Tree] = {}
-        self._hash_cache: dict[str, tuple[int, int, int, str]] = {}
+        self._hashes = HashCache()
 
     # -- public -----------------------------------------------------------------------------
 
@@ -228,8 +190,15 @@ class Checkpoint:
             for attempt in range(2):
                 base = self._prepare()
                 newest = base["generations"][0] if base["generations"] else {}
-                known = self._known_blobs(base)
-                tree, uploaded = self._upload_tree(folder, known)
+                upload = FolderUpload(
+                    self.storage,
+                    blob_prefix=f"{layout.blobs_prefix(self.job_id)}{self._tag}/",
+                    known=self._known_blobs(base),
+                    cache=self._hashes,
+                    where=f"job {self.job_id}",
+                )
+                tree = upload.run(folder)
+                uploaded = upload.uploaded
                 if newest.get("tree"):
                     previous = self._tree(newest["tree"])
                     if previous is not None and previous.same_content(tree):
@@ -269,33 +238,8 @@ class Checkpoint:
                 f"job {self.job_id}: the file listing {entry['tree']!r} of checkpoint generation "
                 f"{entry['generation']} is missing from {self.storage.url}"
             )
-        if folder.exists() and not folder.is_dir():
-            raise LrtError(
-                f"job {self.job_id}: cannot restore the checkpoint into {folder}: "
-                "it is a file, not a folder"
-            )
-        folder.mkdir(parents=True, exist_ok=True)
-        staged = self._download_changed(folder, tree, int(entry["generation"]))
-        try:
-            for rel in sorted(tree.dirs):
-                _make_dir(folder, rel)
-            for rel, tmp in staged.items():
-                target = folder / rel
-                _make_dir(folder, Path(rel).parent.as_posix())
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                os.replace(tmp, target)
-        finally:
-            for tmp in staged.values():
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-        for rel, file_entry in tree.files.items():
-            target = folder / rel
-            with contextlib.suppress(OSError):
-                os.chmod(target, file_entry.mode)
-                st = target.stat()
-                self._hash_cache[rel] = (st.st_size, st.st_mtime_ns, st.st_ino, file_entry.sha256)
-        _remove_extra(folder, tree)
+        where = f"job {self.job_id}, checkpoint generation {entry['generation']}"
+        restore(self.storage, folder, tree, self._hashes, where)
         return True
 
     # -- manifest -----------------------------------------------------------------------------
@@ -438,119 +382,9 @@ class Checkpoint:
             data, _ = self.storage.get(key)
         except NotFound:
             return None
-        tree = self._parse_tree(key, data)
+        tree = Tree.parse(data, f"job {self.job_id}: checkpoint file listing {key!r}")
         self._trees[key] = tree
         return tree
-
-    def _parse_tree(self, key: str, data: bytes) -> Tree:
-        try:
-            body = json.loads(data)
-            files = {}
-            for rel, raw in body["files"].items():
-                check_key(rel)
-                files[rel] = FileEntry(
-                    sha256=str(raw["sha256"]),
-                    size=int(raw["size"]),
-                    key=str(raw["key"]),
-                    mode=int(raw.get("mode", 0o644)) & 0o777,
-                )
-            dirs = tuple(check_key(d) for d in body.get("dirs", []))
-        except (ValueError, KeyError, TypeError, AttributeError, StorageError) as exc:
-            raise CorruptCheckpoint(
-                f"job {self.job_id}: checkpoint file listing {key!r} is unreadable: {exc}"
-            ) from None
-        return Tree(files=files, dirs=dirs)
-
-    def _hash(self, rel: str, path: Path) -> tuple[str, os.stat_result]:
-        st = path.stat()
-        cached = self._hash_cache.get(rel)
-        recent = time.time_ns() - st.st_mtime_ns < 2_000_000_000  # may change within a tick
-        if cached and not recent and cached[:3] == (st.st_size, st.st_mtime_ns, st.st_ino):
-            return cached[3], st
-        digest = _sha256_file(path)
-        self._hash_cache[rel] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
-        return digest, st
-
-    def _upload_tree(self, folder: Path, known: dict[str, str]) -> tuple[Tree, list[str]]:
-        files: dict[str, FileEntry] = {}
-        dirs: list[str] = []
-        uploaded: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames.sort()
-            base = Path(dirpath)
-            for name in dirnames:
-                if not (base / name).is_symlink():
-                    dirs.append((base / name).relative_to(folder).as_posix())
-            for name in sorted(filenames):
-                path = base / name
-                if name.startswith(_RESTORE_TMP) or not path.is_file():
-                    continue
-                rel = path.relative_to(folder).as_posix()
-                try:
-                    check_key(rel)
-                except StorageError as exc:
-                    raise LrtError(f"job {self.job_id}: cannot checkpoint {path}: {exc}") from None
-                files[rel] = self._upload_file(rel, path, known, uploaded)
-        return Tree(files=files, dirs=tuple(dirs)), uploaded
-
-    def _upload_file(
-        self, rel: str, path: Path, known: dict[str, str], uploaded: list[str]
-    ) -> FileEntry:
-        for _ in range(3):
-            digest, st = self._hash(rel, path)
-            mode = st.st_mode & 0o777
-            if digest in known:
-                return FileEntry(digest, st.st_size, known[digest], mode)
-            key = f"{layout.blobs_prefix(self.job_id)}{self._tag}/{digest}"
-            self.storage.upload_file(key, path)
-            after = path.stat()
-            if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
-                known[digest] = key
-                uploaded.append(key)
-                return FileEntry(digest, st.st_size, key, mode)
-            # The file changed while it was uploaded: the blob may not hold `digest`.
-            self._hash_cache.pop(rel, None)
-            with contextlib.suppress(Exception):
-                self.storage.delete(key)
-        raise LrtError(
-            f"job {self.job_id}: {path} kept changing while it was checkpointed; save the "
-            "folder when the files in it are complete"
-        )
-
-    def _download_changed(self, folder: Path, tree: Tree, generation: int) -> dict[str, Path]:
-        """Download every file that differs locally to a verified temporary file beside it."""
-        staged: dict[str, Path] = {}
-        try:
-            for rel, file_entry in sorted(tree.files.items()):
-                target = folder / rel
-                if target.is_file() and not target.is_symlink():
-                    st = target.stat()
-                    if st.st_size == file_entry.size and _sha256_file(target) == file_entry.sha256:
-                        continue
-                parent = folder / Path(rel).parent
-                _make_dir(folder, Path(rel).parent.as_posix())
-                tmp = parent / f"{_RESTORE_TMP}{uuid.uuid4().hex}"
-                staged[rel] = tmp
-                try:
-                    self.storage.download_file(file_entry.key, tmp)
-                except NotFound:
-                    raise CorruptCheckpoint(
-                        f"job {self.job_id}: checkpoint file {rel!r} (generation {generation}) "
-                        f"is missing from {self.storage.url} (blob {file_entry.key!r})"
-                    ) from None
-                digest = _sha256_file(tmp)
-                if digest != file_entry.sha256:
-                    raise CorruptCheckpoint(
-                        f"job {self.job_id}: checkpoint file {rel!r} (generation {generation}) "
-                        f"does not match its recorded sha256: expected {file_entry.sha256}, got "
-                        f"{digest} (blob {file_entry.key!r})"
-                    )
-        except BaseException:
-            for tmp in staged.values():
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            raise
-        return staged
 
     # -- pruning ------------------------------------------------------------------------------
 
@@ -563,7 +397,7 @@ class Checkpoint:
                 refs.add(gen["tree"])
                 tree = self._tree(gen["tree"])
                 if tree is not None:
-                    refs.update(e.key for e in tree.files.values())
+                    refs.update(tree.blob_keys())
         return refs
 
     def _prune(self, dropped: list[dict[str, Any]], kept: list[dict[str, Any]]) -> None:
@@ -632,47 +466,6 @@ def _tag_of(job_id: str, key: str) -> str | None:
         tag, sep, _ = key[len(blobs) :].partition("/")
         return tag if sep else None
     return None
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _make_dir(folder: Path, rel: str) -> None:
-    if rel in ("", "."):
-        return
-    current = folder
-    for part in rel.split("/"):
-        current = current / part
-        if current.is_symlink() or (current.exists() and not current.is_dir()):
-            current.unlink()
-        current.mkdir(exist_ok=True)
-
-
-def _remove_extra(folder: Path, tree: Tree) -> None:
-    """Remove files and folders under ``folder`` that the tree does not list."""
-    keep_dirs = set(tree.dirs)
-    for rel in tree.files:
-        parts = rel.split("/")[:-1]
-        keep_dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-    for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
-        base = Path(dirpath)
-        for name in filenames:
-            rel = (base / name).relative_to(folder).as_posix()
-            if rel not in tree.files:
-                (base / name).unlink()
-        for name in dirnames:
-            path = base / name
-            rel = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                if rel not in tree.files:
-                    path.unlink()
-            elif rel not in keep_dirs:
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def encode_state(obj: Any) -> bytes:

@@ -248,3 +248,27 @@ def test_unreadable_manifest_says_how_to_start_over(lrt_storage_target: StorageT
     storage.put(layout.manifest_key(job_id), b"garbage")
     with pytest.raises(CorruptCheckpoint, match="delete everything under"):
         Checkpoint(storage, job_id, "w").claim()
+
+
+def test_identical_files_are_uploaded_once(
+    lrt_storage_target: StorageTarget, tmp_path: Path
+) -> None:
+    counting = CountingStorage(lrt_storage_target.storage())
+    src = tmp_path / "src"
+    write_tree(src, {f"copy-{i}.bin": b"same bytes" * 1000 for i in range(5)} | {"x": b"other"})
+    Checkpoint(counting, unique_name("job"), "w").save_dir(src)
+    assert counting.calls["upload_file"] == 2
+
+
+def test_many_files_round_trip_in_parallel(
+    lrt_storage_target: StorageTarget, tmp_path: Path
+) -> None:
+    files = {f"d{i % 7}/sub{i % 3}/f{i:03d}.bin": f"file {i}".encode() * (i + 1) for i in range(60)}
+    src = tmp_path / "src"
+    write_tree(src, files)
+    job_id = unique_name("job")
+    Checkpoint(lrt_storage_target.storage(), job_id, "w").save_dir(src)
+    dst = tmp_path / "dst"
+    write_tree(dst, {"d1/sub1/f001.bin": b"stale", "zzz/extra.bin": b"gone after restore"})
+    assert Checkpoint(lrt_storage_target.storage(), job_id, "r").restore_dir(dst)
+    assert read_tree(dst)[0] == files
