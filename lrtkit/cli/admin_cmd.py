@@ -119,7 +119,7 @@ def _job_status(job_id: str, as_json: bool) -> None:
     view.add_row("progress", show_progress(data["progress"]) or "-")
     view.add_row("result", "-" if record.result is None else short(record.result, 400))
     view.add_row("error", record.error or "-")
-    view.add_row("updated", _when(data["updated_at"]))
+    view.add_row("updated", str(data["updated_at"]).replace("T", " "))
     if store.cancel_requested(job_id) and record.state not in FINAL_STATES:
         view.add_row("cancel", "requested (the worker stops it at its next heartbeat)")
     console.print(view)
