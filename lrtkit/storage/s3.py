@@ -139,7 +139,15 @@ class S3Storage(Storage):
 
     def check_bucket(self) -> None:
         """Raise ``StorageConfigError`` if the bucket is missing or these keys cannot reach it."""
-        self._call("HeadBucket", None, lambda: self._client.head_bucket(Bucket=self.bucket))
+        # ListObjectsV2 rather than HeadBucket: the same permission lrtkit needs anyway
+        # (s3:ListBucket), and a missing bucket comes back named (NoSuchBucket), not a bare 404.
+        self._call(
+            "ListObjectsV2",
+            None,
+            lambda: self._client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self._location.list_prefix(""), MaxKeys=1
+            ),
+        )
 
     def __repr__(self) -> str:
         return f"S3Storage({self.url!r}, endpoint={self.endpoint!r}, region={self.region!r})"
@@ -188,15 +196,11 @@ class S3Storage(Storage):
         from botocore.exceptions import ClientError
 
         try:
-            self._client.head_bucket(Bucket=self.bucket)
+            self._client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in {"404", "NoSuchBucket", "NotFound"}:
-                missing = ClientError(
-                    {"Error": {"Code": "NoSuchBucket", "Message": "no such bucket"}}, "HeadBucket"
-                )
+            if exc.response.get("Error", {}).get("Code", "") == "NoSuchBucket":
                 raise translate(
-                    missing,
+                    exc,
                     operation=operation,
                     bucket=self.bucket,
                     object_key=object_key,

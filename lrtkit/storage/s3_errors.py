@@ -29,7 +29,7 @@ _ACTIONS = {
     "GetBucketLifecycleConfiguration": "s3:GetLifecycleConfiguration",
 }
 
-_DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden", "AccountProblem"}
+_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem"}
 _BAD_CREDENTIALS = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -116,6 +116,12 @@ def translate(
             f"{head}: credentials rejected ({code}: {message}); check LRT_S3_ACCESS_KEY_ID, "
             "LRT_S3_SECRET_ACCESS_KEY (R2_AWS_*) and, for AuthorizationHeaderMalformed, "
             "LRT_S3_REGION ('auto' for R2)"
+        )
+    if code in {"403", "Forbidden"}:  # a HEAD answer carries no reason
+        return StorageConfigError(
+            f"{head}: access denied or credentials rejected (HTTP 403); check the keys "
+            "(LRT_S3_ACCESS_KEY_ID, R2_AWS_ACCESS_KEY_ID...) and that they allow "
+            f"{action} on {bucket}"
         )
     if code in _DENIED or status == 403:
         return StorageConfigError(
