@@ -1,0 +1,390 @@
+"""Unit-level tests of the worker's pieces, on the real local broker and file storage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from click.testing import CliRunner
+
+from lrtkit.broker import Delivery, Message
+from lrtkit.brokers.local import LocalBroker
+from lrtkit.checkpoint import Checkpoint
+from lrtkit.cli import cli
+from lrtkit.config import Settings, load_settings
+from lrtkit.errors import ConfigError, ConnectionLost, LeaseLost, Stop, StorageError
+from lrtkit.jobs import JobState, Progress, encode_body
+from lrtkit.records import JobStore
+from lrtkit.storage.file import FileStorage
+from lrtkit.testing.handlers import SumJob
+from lrtkit.worker import load_handler, run_worker
+from lrtkit.worker.attempt import Attempt
+from lrtkit.worker.context import CANCELLED, LEASE_LOST, SHUTDOWN, JobContext
+from lrtkit.worker.lease import LeaseKeeper
+from lrtkit.worker.logs import JsonFormatter, TextFormatter, event, job_logger
+from lrtkit.worker.outcome import Outcome, summarize
+from lrtkit.worker.process import JobProcessor, retry_delay
+from lrtkit.worker.retry import backoff, retrying
+from lrtkit.worker.task import PythonTask
+
+# -- load_handler ----------------------------------------------------------------------------------
+
+
+def write_module(folder: Path, name: str, source: str) -> None:
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The current directory is tmp_path and sys.path is restored after the test."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        "sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))]
+    )
+    return tmp_path
+
+
+def test_load_handler_finds_the_payload_model() -> None:
+    fn, model = load_handler("lrtkit.testing.handlers:sum_job")
+    assert model is SumJob
+    assert fn.__name__ == "sum_job"
+
+
+def test_load_handler_dict_means_no_model() -> None:
+    _fn, model = load_handler("lrtkit.testing.handlers:always_fails")
+    assert model is None
+
+
+def test_load_handler_imports_from_the_current_directory(in_tmp: Path) -> None:
+    name = f"app_{time.time_ns()}"
+    write_module(
+        in_tmp,
+        name,
+        """
+        from __future__ import annotations
+        from pydantic import BaseModel
+
+        class Job(BaseModel):
+            n: int
+
+        def train(job: Job, ctx):
+            return job.n
+
+        def bare(job):
+            return job
+        """,
+    )
+    fn, model = load_handler(f"{name}:train")
+    assert model is not None
+    assert model.__name__ == "Job"  # resolved from a string annotation
+    assert fn(model(n=3), None) == 3
+    _bare, none = load_handler(f"{name}:bare")
+    assert none is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("no_colon", "MODULE:FUNCTION"),
+        ("lrtkit_no_such_module_xyz:fn", "no module named"),
+        ("lrtkit.testing.handlers:no_such_fn", "no attribute"),
+        ("lrtkit.testing.handlers:TRACE_DIR_ENV", "not a function"),
+    ],
+)
+def test_load_handler_errors_name_the_spec(spec: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_handler(spec)
+    assert spec in str(info.value)
+    assert says in str(info.value)
+
+
+def test_load_handler_reports_import_errors_and_bad_annotations(in_tmp: Path) -> None:
+    broken = f"broken_{time.time_ns()}"
+    write_module(in_tmp, broken, "import lrtkit_missing_dependency_xyz\n")
+    with pytest.raises(ConfigError, match="lrtkit_missing_dependency_xyz"):
+        load_handler(f"{broken}:fn")
+    odd = f"odd_{time.time_ns()}"
+    write_module(in_tmp, odd, "def fn(job: int, ctx): ...\ndef many(a, b, c): ...\n")
+    with pytest.raises(ConfigError, match="BaseModel"):
+        load_handler(f"{odd}:fn")
+    with pytest.raises(ConfigError, match="3 arguments"):
+        load_handler(f"{odd}:many")
+
+
+# -- JobContext, outcomes, logging -----------------------------------------------------------------
+
+
+def make_ctx(tmp_path: Path) -> JobContext:
+    storage = FileStorage(tmp_path / "store")
+    return JobContext(
+        "job-1", 2, Checkpoint(storage, "job-1", owner="me"), tmp_path, job_logger("job-1", 2)
+    )
+
+
+def test_context_check_raises_stop_with_the_strongest_reason(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    ctx.check()  # nothing yet
+    assert ctx.request_stop(SHUTDOWN)
+    with pytest.raises(Stop) as info:
+        ctx.check()
+    assert info.value.reason == SHUTDOWN
+    assert ctx.request_stop(CANCELLED)
+    assert not ctx.request_stop(SHUTDOWN), "a shutdown does not undo a cancel"
+    assert ctx.request_stop(LEASE_LOST)
+    assert not ctx.request_stop(CANCELLED)
+    assert ctx.stop_reason == LEASE_LOST
+
+
+def test_progress_is_kept_until_taken_once(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    assert ctx.take_progress() is None
+    for i in range(100):
+        ctx.progress(i, 100, loss=1 / (i + 1))
+    taken = ctx.take_progress()
+    assert taken == Progress(done=99, total=100, metrics={"loss": 0.01})
+    assert ctx.take_progress() is None
+
+
+def test_summarize_names_type_message_and_last_frame() -> None:
+    def explode() -> None:
+        raise KeyError("weights.bin")
+
+    try:
+        explode()
+    except KeyError as exc:
+        text = summarize(exc)
+    assert text.startswith("KeyError: 'weights.bin' (at test_worker_units.py:")
+    assert text.endswith("in explode)")
+
+
+def test_retry_delay_doubles_and_is_capped() -> None:
+    settings = load_settings(environ={"LRT_RETRY_BACKOFF_SECONDS": "5"})
+    assert [retry_delay(settings, n) for n in (1, 2, 3)] == [5, 10, 20]
+    assert retry_delay(settings, 40) == 3600
+
+
+def log_record(name: str, **fields: Any) -> logging.LogRecord:
+    captured: list[logging.LogRecord] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(record)
+
+    logger = logging.getLogger("lrtkit.worker.test")
+    handler = Grab()
+    logger.addHandler(handler)
+    try:
+        event(logger, logging.WARNING, name, **fields)
+    finally:
+        logger.removeHandler(handler)
+    return captured[0]
+
+
+def test_text_and_json_log_lines() -> None:
+    record = log_record("job.failed", job_id="j-1", attempt=2, error="boom here")
+    text = TextFormatter().format(record)
+    assert 'WARNING job.failed job_id=j-1 attempt=2 error="boom here"' in text
+    assert text[:4].isdigit()
+    assert text[10] == "T"
+    data = json.loads(JsonFormatter().format(record))
+    assert data["event"] == "job.failed"
+    assert data["level"] == "WARNING"
+    assert data["job_id"] == "j-1"
+    assert data["attempt"] == 2
+    assert data["ts"].endswith("Z")
+
+
+# -- retrying --------------------------------------------------------------------------------------
+
+
+def test_retrying_rides_out_connection_trouble_but_not_other_errors() -> None:
+    calls: list[int] = []
+    pauses: list[float] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionLost("reset by peer")
+        return "ok"
+
+    assert retrying("flaky", flaky, sleep=pauses.append) == "ok"
+    assert len(calls) == 3
+    assert len(pauses) == 2
+    assert pauses[1] > pauses[0] * 1.2
+
+    def denied() -> None:
+        raise ConfigError("access denied")
+
+    with pytest.raises(ConfigError):
+        retrying("denied", denied, sleep=pauses.append)
+    with pytest.raises(StorageError):
+        retrying(
+            "gone", lambda: (_ for _ in ()).throw(StorageError("x")), keep_trying=lambda: False
+        )
+    assert backoff(50) <= 30.0
+
+
+# -- lease keeper, on the real local broker ----------------------------------------------------
+
+
+class CappedBroker(LocalBroker):
+    """The local broker with a lease cap, to drive the rollover path (as SQS's 12 h cap)."""
+
+    max_lease_seconds: ClassVar[float | None] = 1.5
+    rollovers: int = 0
+
+    def rollover(self, delivery: Delivery) -> None:
+        self.rollovers += 1
+        self.extend(delivery, self.lease_seconds)
+
+
+def test_lease_keeper_loses_an_expired_lease_and_fences_the_checkpoint(tmp_path: Path) -> None:
+    broker = LocalBroker(tmp_path / "q.db", "q", lease_seconds=0.3)
+    broker.ensure()
+    broker.publish([Message("j", encode_body("j", {}))])
+    delivery = broker.receive(1)
+    assert delivery is not None
+    attempt = Attempt(delivery, job_logger("j", 1))
+    storage = FileStorage(tmp_path / "store")
+    checkpoint = Checkpoint(storage, "j", owner=attempt.owner)
+    checkpoint.claim()
+    ctx = JobContext("j", 1, checkpoint, tmp_path, attempt.log)
+    attempt.attach(ctx, checkpoint)
+    time.sleep(0.4)
+    LeaseKeeper(broker, attempt, 0.3).beat()
+    assert attempt.lost.is_set()
+    assert ctx.stop_reason == LEASE_LOST
+    with pytest.raises(LeaseLost):
+        checkpoint.save({"step": 1})
+    broker.close()
+
+
+def test_lease_keeper_writes_progress_once_per_beat_and_sees_cancel(tmp_path: Path) -> None:
+    broker = LocalBroker(tmp_path / "q.db", "q", lease_seconds=3)
+    broker.ensure()
+    broker.publish([Message("j", encode_body("j", {}))])
+    delivery = broker.receive(1)
+    assert delivery is not None
+    storage = FileStorage(tmp_path / "store")
+    store = JobStore(storage)
+    attempt = Attempt(delivery, job_logger("j", 1))
+    attempt.job_id, attempt.store = "j", store
+    ctx = JobContext("j", 1, Checkpoint(storage, "j", owner=attempt.owner), tmp_path, attempt.log)
+    attempt.attach(ctx, ctx.checkpoint)
+    keeper = LeaseKeeper(broker, attempt, 3)
+    before = store.get("j")
+    assert before is None
+    for i in range(50):
+        ctx.progress(i, 50)
+    keeper.beat()
+    record = store.get("j")
+    assert record is not None
+    assert record.progress == Progress(done=49, total=50)
+    stamp = record.updated_at
+    keeper.beat()  # nothing new: no write
+    again = store.get("j")
+    assert again is not None
+    assert again.updated_at == stamp
+    store.request_cancel("j")
+    keeper.beat()
+    assert ctx.stop_reason == CANCELLED
+    broker.ack(delivery)
+    broker.close()
+
+
+def settings_for(tmp_path: Path, **env: str) -> Settings:
+    return load_settings(
+        environ={
+            "LRT_STORAGE": f"file://{tmp_path / 'store'}",
+            "LRT_LOCAL_DB": str(tmp_path / "q.db"),
+            "LRT_QUEUE": "q",
+            "LRT_SALAD_IMDS_URL": "off",
+            "LRT_RETRY_BACKOFF_SECONDS": "0",
+            **env,
+        }
+    )
+
+
+def test_rollover_vouches_in_the_record_and_other_workers_hand_the_job_back(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, LRT_LEASE_SECONDS="0.6")
+    broker = CappedBroker(tmp_path / "q.db", "q", lease_seconds=0.6)
+    broker.ensure()
+    storage = FileStorage(tmp_path / "store")
+    store = JobStore(storage)
+    # The same job twice in the queue, as a broker's rollover copy would leave it.
+    broker.publish([Message("j", encode_body("j", {})), Message("j", encode_body("j", {}))])
+    first = broker.receive(1)
+    assert first is not None
+    holder = Attempt(first, job_logger("j", 1))
+    holder.job_id, holder.store = "j", store
+    keeper = LeaseKeeper(broker, holder, 0.6)
+    deadline = time.monotonic() + 5
+    while broker.rollovers == 0 and time.monotonic() < deadline:
+        keeper.beat()
+        time.sleep(0.2)
+    assert broker.rollovers >= 1
+    record = store.get("j")
+    assert record is not None
+    assert record.holder == holder.owner
+    assert record.held_until is not None
+
+    second = broker.receive(1)
+    assert second is not None
+    processor = JobProcessor(
+        broker, storage, store, settings, PythonTask("lrtkit.testing.handlers:always_fails")
+    )
+    other = Attempt(second, job_logger(None, 1))
+    outcome = processor.handle(other, LeaseKeeper(broker, other, 0.6))
+    assert outcome is Outcome.HANDED_BACK
+    after = store.get("j")
+    assert after is not None
+    assert after.failures == 0, "a handed-back job never ran"
+    assert after.attempts == 0
+    broker.close()
+
+
+# -- run_worker in process and the CLI -------------------------------------------------------------
+
+
+def test_run_worker_in_process_serves_and_exits_when_idle(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, LRT_LEASE_SECONDS="3")
+    broker = LocalBroker(tmp_path / "q.db", "q", lease_seconds=3)
+    broker.ensure()
+    store = JobStore(FileStorage(tmp_path / "store"))
+    broker.publish([Message("a", encode_body("a", {"steps": 3, "tick": 0.01}))])
+    code = run_worker(settings, handler="lrtkit.testing.handlers:sum_job", exit_when_idle=0.5)
+    assert code == 0
+    record = store.get("a")
+    assert record is not None
+    assert record.state == JobState.SUCCEEDED
+    assert record.result == {"sum": 6}
+    assert store.storage.exists("jobs/a/artifacts/sum.txt")
+    broker.close()
+
+
+def test_run_worker_needs_exactly_one_of_handler_and_command(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    with pytest.raises(ConfigError, match="exactly one"):
+        run_worker(settings)
+    with pytest.raises(ConfigError, match="exactly one"):
+        run_worker(settings, handler="a:b", command="true")
+
+
+def test_cli_run_bad_usage_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run"])
+    assert result.exit_code == 2
+    assert "MOD:FN" in result.output
+    env = {"LRT_STORAGE": f"file://{tmp_path / 's'}", "LRT_LOCAL_DB": str(tmp_path / "q.db")}
+    result = runner.invoke(cli, ["run", "lrtkit_nope_xyz:work"], env=env)
+    assert result.exit_code == 2
+    assert "lrtkit_nope_xyz:work" in result.output
+    result = runner.invoke(cli, ["run", "--command", "'unclosed"], env=env)
+    assert result.exit_code == 2
+    assert "--command" in result.output
