@@ -23,7 +23,6 @@ from lrtkit.testing.target import BrokerTarget
 
 
 class TestLocalBrokerContract(BrokerContract):
-    lease_seconds = 1.5
     release_delay = 1.0
 
 
