@@ -114,10 +114,12 @@ class Settings(_LrtBaseSettings):
     salad_api_key: SecretStr | None = Field(
         None, validation_alias=_env("LRT_SALAD_API_KEY", "SALAD_API_KEY")
     )
-    salad_org: str | None = Field(None, validation_alias=_env("LRT_SALAD_ORG"))
-    salad_project: str | None = Field(None, validation_alias=_env("LRT_SALAD_PROJECT"))
+    salad_org: str | None = Field(None, validation_alias=_env("LRT_SALAD_ORG", "salad_org"))
+    salad_project: str | None = Field(
+        None, validation_alias=_env("LRT_SALAD_PROJECT", "salad_project")
+    )
     salad_container_group: str | None = Field(
-        None, validation_alias=_env("LRT_SALAD_CONTAINER_GROUP")
+        None, validation_alias=_env("LRT_SALAD_CONTAINER_GROUP", "salad_container_group_name")
     )
     salad_api_url: str = Field(
         "https://api.salad.com/api/public", validation_alias=_env("LRT_SALAD_API_URL")

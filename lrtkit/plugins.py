@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from stevedore import DriverManager
+from stevedore import DriverManager, ExtensionManager
 from stevedore.exception import NoMatches
 
 from lrtkit.errors import LrtError, PluginLoadError, PluginNotFound
@@ -48,6 +48,11 @@ def installed(namespace: str) -> list[str]:
 
 def load_class(namespace: str, name: str) -> Any:
     """Import the plugin ``name`` of ``namespace`` and return what its entry point names."""
+    cached = ExtensionManager.ENTRY_POINT_CACHE.get(namespace, [])
+    if name not in {ep.name for ep in cached}:
+        # stevedore keeps each namespace's entry points for the life of the process; a plugin
+        # installed since the first lookup would otherwise be reported missing.
+        ExtensionManager.ENTRY_POINT_CACHE.pop(namespace, None)
     try:
         manager: DriverManager[Any] = DriverManager(
             namespace=namespace,
