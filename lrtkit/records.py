@@ -26,6 +26,7 @@ from lrtkit.storage import layout
 from lrtkit.storage.base import Storage
 
 _READ_THREADS = 16
+_UPLOAD_THREADS = 4
 log = logging.getLogger("lrtkit.records")
 
 
@@ -146,17 +147,19 @@ class JobStore:
         root = Path(folder)
         if not root.is_dir():
             return 0
-        count = 0
+        uploads: list[tuple[str, Path]] = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
                 path = Path(dirpath) / name
-                if not path.is_file():
-                    continue
-                relpath = path.relative_to(root).as_posix()
-                self.storage.upload_file(layout.artifact_key(job_id, relpath), path)
-                count += 1
-        return count
+                if path.is_file():
+                    relpath = path.relative_to(root).as_posix()
+                    uploads.append((layout.artifact_key(job_id, relpath), path))
+        if not uploads:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(_UPLOAD_THREADS, len(uploads))) as pool:
+            list(pool.map(lambda item: self.storage.upload_file(*item), uploads))
+        return len(uploads)
 
 
 def _parse_record(key: str, data: bytes) -> JobRecord:
