@@ -26,7 +26,7 @@ COPY examples /app/examples
 RUN useradd --create-home --uid 1000 worker && chown -R worker /app
 USER worker
 
-# Local scratch space only; checkpoints, results and records go to LRT_STORAGE (set it to s3://...).
-ENV LRT_STORAGE=file:///app/.lrtkit
+# Set LRT_STORAGE to s3://bucket/prefix when you run it: the default (./.lrtkit) is this
+# container's own disk, which no other worker can see and which vanishes with the container.
 
 CMD ["lrtkit", "run", "examples.train_lora:train"]
