@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
 
 from lrtkit.cli import COMMANDS
 from lrtkit.config import PluginSettings, Settings
@@ -16,8 +17,8 @@ from lrtkit.plugins import BROKERS, STORAGE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _subclasses(cls: type) -> list[type]:
-    found = []
+def _subclasses(cls: type[BaseSettings]) -> list[type[BaseSettings]]:
+    found: list[type[BaseSettings]] = []
     for sub in cls.__subclasses__():
         found += [sub, *_subclasses(sub)]
     return found
@@ -31,8 +32,9 @@ def _variables() -> set[str]:
                 ep.load()  # importing a plugin defines its settings class
             except ImportError:
                 continue
-    names = set()
-    for cls in [Settings, *_subclasses(PluginSettings)]:
+    names: set[str] = set()
+    classes: list[type[BaseSettings]] = [Settings, *_subclasses(PluginSettings)]
+    for cls in classes:
         if not cls.__module__.startswith(("lrtkit", "lrtkit_")):
             continue  # settings classes defined by tests
         for name, info in cls.model_fields.items():
