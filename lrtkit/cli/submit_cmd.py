@@ -175,10 +175,16 @@ def _print_summary(summary: SubmitSummary, bad: list[BadRow]) -> None:
     if summary.not_attempted:
         parts.append(f"not attempted {len(summary.not_attempted)}")
     console.print(", ".join(parts), highlight=False)
-    for job_id, reason in list(summary.failed.items())[:SHOW_AT_MOST]:
-        err_console.print(f"[red]not published[/] {job_id}: {reason}", highlight=False)
-    if len(summary.failed) > SHOW_AT_MOST:
-        err_console.print(f"... and {len(summary.failed) - SHOW_AT_MOST} more", highlight=False)
+    by_reason: dict[str, list[str]] = {}
+    for job_id, reason in summary.failed.items():
+        by_reason.setdefault(reason, []).append(job_id)
+    for reason, ids in list(by_reason.items())[:SHOW_AT_MOST]:
+        named = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        err_console.print(
+            f"[red]not published[/] {named}: {reason}", highlight=False, soft_wrap=True
+        )
+    if len(by_reason) > SHOW_AT_MOST:
+        err_console.print(f"... and {len(by_reason) - SHOW_AT_MOST} more reasons", highlight=False)
     if summary.failed or summary.not_attempted:
         err_console.print(
             "the jobs that were not published have no record; run the same command again "
