@@ -282,7 +282,9 @@ class BrokerContract:
     def test_lease_expires_and_job_is_redelivered(self, lrt_broker_target: BrokerTarget) -> None:
         holder = self.fresh(lrt_broker_target)
         self._need_timed_lease(holder)
-        other = self.make_broker(lrt_broker_target)
+        # The receiver's own lease is long: a long poll may start well before the job
+        # arrives, and its conservative deadline counts from the start of the request.
+        other = self.make_broker(lrt_broker_target, self.long_lease_seconds)
         holder.publish([job("lease-1")])
         first = self.take(holder)
         held_at = time.monotonic()
@@ -301,7 +303,7 @@ class BrokerContract:
         self, lrt_broker_target: BrokerTarget
     ) -> None:
         kill_lease = self.kill_lease_seconds or self.lease_seconds * 2
-        broker = self.fresh(lrt_broker_target)
+        broker = self.fresh(lrt_broker_target, self.long_lease_seconds)
         broker.publish([job("killed-1", steps=5)])
         holder = ChildProcess(
             ["hold", "--wait", str(self.startup_timeout)],
