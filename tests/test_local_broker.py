@@ -230,6 +230,22 @@ def test_not_a_database_gives_clear_error(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+def test_diagnose_reports_path_and_depth(tmp_path: Path) -> None:
+    broker = local(tmp_path, "diag")
+    broker.publish([job("x")])
+    checks = broker.diagnose()
+    assert [c.status for c in checks] == ["ok", "ok"]
+    assert str(broker.path) in checks[0].detail
+    assert "waiting 1" in checks[1].detail
+    broker.close()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    [failed] = LocalBroker(blocker / "q.sqlite3").diagnose()
+    assert failed.status == "fail"
+    assert "LRT_LOCAL_DB" in failed.fix
+    assert str(blocker / "q.sqlite3") in failed.detail
+
+
 def test_usable_again_after_close(tmp_path: Path) -> None:
     broker = local(tmp_path)
     broker.publish([job("x")])

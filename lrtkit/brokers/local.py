@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lrtkit.broker import Broker, DeadLetter, Delivery, Depth, Message, SetupReport
+from lrtkit.broker import Broker, Check, DeadLetter, Delivery, Depth, Message, SetupReport
 from lrtkit.errors import BrokerConfigError, BrokerError, LeaseLost, PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -266,6 +266,23 @@ class LocalBroker(Broker):
             entry = f"table {table} in {self.path}"
             (report.existing if table in existed else report.created).append(entry)
         return report
+
+    def diagnose(self) -> list[Check]:
+        """The database file opens in WAL mode and the queue answers ``depth()``."""
+        fix = "set LRT_LOCAL_DB to a file in a writable folder on a local disk"
+        try:
+            self._conn()
+        except BrokerError as exc:
+            return [Check("local queue database", "fail", str(exc), fix)]
+        checks = [
+            Check("local queue database", "ok", f"{self.path} (SQLite {sqlite3.sqlite_version})")
+        ]
+        try:
+            d = self.depth()
+        except BrokerError as exc:
+            return [*checks, Check(f"local queue {self.queue!r}", "fail", str(exc), fix)]
+        detail = f"waiting {d.waiting}, in flight {d.in_flight}, dead {d.dead}"
+        return [*checks, Check(f"local queue {self.queue!r}", "ok", detail)]
 
     def _existing_tables(self) -> set[str]:
         if not self.path.exists():
