@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from lrtkit.worker.context import JobContext
+import lrtkit
 
 
 class SumJob(BaseModel):
@@ -22,7 +22,7 @@ class SumJob(BaseModel):
     seconds_per_step: float = Field(30.0, ge=0, description="simulated work per step")
 
 
-def sum_job(job: SumJob, ctx: JobContext) -> dict[str, int]:
+def sum_job(job: SumJob, ctx: lrtkit.JobContext) -> dict[str, int]:
     """Add 1..steps, one number per step, saving a checkpoint after every step."""
     state: dict[str, int] = ctx.checkpoint.load() or {"step": 0, "sum": 0}
     if state["step"]:

@@ -32,8 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from lrtkit.errors import Stop
-from lrtkit.worker.context import JobContext
+import lrtkit
 
 Matrix = list[list[float]]
 MOMENTUM = 0.9
@@ -51,7 +50,7 @@ class LoraJob(BaseModel):
     seconds_per_step: float = Field(0.0, ge=0, description="simulated extra work per step")
 
 
-def train(job: LoraJob, ctx: JobContext) -> dict[str, Any]:
+def train(job: LoraJob, ctx: lrtkit.JobContext) -> dict[str, Any]:
     total = job.epochs * job.steps_per_epoch
     data = _dataset(job)
     with tempfile.TemporaryDirectory(prefix=f"lora-{ctx.job_id}-") as tmp:
@@ -64,7 +63,7 @@ def train(job: LoraJob, ctx: JobContext) -> dict[str, Any]:
         while state["step"] < total:
             try:
                 ctx.check()
-            except Stop as stop:
+            except lrtkit.Stop as stop:
                 if stop.reason == "shutdown":  # SIGTERM: keep what was done since the last save
                     _dump(work, state)
                     ctx.checkpoint.save_dir(work)

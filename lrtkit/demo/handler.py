@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from lrtkit.worker.context import JobContext
+import lrtkit
 
 EVENTS_VARIABLE = "LRT_DEMO_EVENTS"
 
@@ -27,7 +27,7 @@ class SumJob(BaseModel):
     step_seconds: float = Field(0.2, ge=0, le=3600)
 
 
-def sum_job(job: SumJob, ctx: JobContext) -> dict[str, int]:
+def sum_job(job: SumJob, ctx: lrtkit.JobContext) -> dict[str, int]:
     """Resume from the last checkpoint, then add one number per step, saving after each."""
     state: dict[str, int] = ctx.checkpoint.load() or {"step": 0, "sum": 0}
     _event(ctx, "start", steps=job.steps, resumed_from=state["step"])
@@ -43,7 +43,7 @@ def sum_job(job: SumJob, ctx: JobContext) -> dict[str, int]:
     return {"sum": state["sum"]}
 
 
-def _event(ctx: JobContext, kind: str, **fields: Any) -> None:
+def _event(ctx: lrtkit.JobContext, kind: str, **fields: Any) -> None:
     path = os.environ.get(EVENTS_VARIABLE)
     if not path:
         return
