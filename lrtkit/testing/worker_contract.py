@@ -19,6 +19,7 @@ process a test starts is killed at teardown, pass or fail.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from lrtkit.config import load_settings
 from lrtkit.jobs import JobRecord, JobState, encode_body
 from lrtkit.plugins import load_storage
 from lrtkit.records import JobStore
+from lrtkit.storage.file import LOCK_DIR
 from lrtkit.testing.handlers import TRACE_DIR_ENV, TraceRow, read_trace
 from lrtkit.testing.target import BrokerTarget
 
@@ -206,11 +208,13 @@ class WorkerHarness:
     def freeze(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGSTOP ``proc`` at a moment it holds no broker lock (a frozen node, not a jammed queue).
 
-        A worker frozen inside a broker call may hold a lock other clients wait on (SQLite's
-        write lock); then it is thawed for a moment and frozen again.
+        A worker frozen inside a broker or storage call may hold a lock that other clients on
+        this machine wait on (SQLite's write lock, the file storage's flock stripes); a real
+        vanished node holds none. Then it is thawed for a moment and frozen again.
         """
-        for _ in range(20):
+        for _ in range(40):
             proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.05)
             probe: list[object] = []
             thread = threading.Thread(target=self._probe, args=(probe,))
             thread.start()
@@ -218,11 +222,25 @@ class WorkerHarness:
             if probe:
                 if probe[0] is not None:
                     self.broker.release(probe[0], 0)  # type: ignore[arg-type]
-                return
+                if not self._storage_locked():
+                    return
             proc.send_signal(signal.SIGCONT)
             thread.join()
             time.sleep(0.05)
-        pytest.fail("could not freeze the worker outside a broker call")
+        pytest.fail("could not freeze the worker outside a broker or storage call")
+
+    def _storage_locked(self) -> bool:
+        """True if some process holds one of the file storage's lock stripes."""
+        lock_dir = Path(self.storage_url.removeprefix("file://")) / LOCK_DIR
+        for path in lock_dir.glob("*.lock"):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)  # closing releases the probe's own lock
+        return False
 
     def _probe(self, out: list[object]) -> None:
         out.append(self.broker.receive(0))

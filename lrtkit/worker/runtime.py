@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,7 +77,7 @@ class Worker:
         self._running: dict[Attempt, tuple[threading.Thread, LeaseKeeper]] = {}
         self._changed = threading.Event()
         self.finished = 0
-        self.outcomes: list[Outcome] = []
+        self.outcomes: Counter[Outcome] = Counter()
 
     # -- control -------------------------------------------------------------------------------
 
@@ -128,11 +129,13 @@ class Worker:
             self._safe_report("idle")
             code = self._loop()
             self._drain()
-        event(log, INFO, "worker.stopped", jobs=self.finished, code=code)
+        counts = {outcome.value: n for outcome, n in sorted(self.outcomes.items(), key=str)}
+        event(log, INFO, "worker.stopped", jobs=self.finished, code=code, **counts)
         return code
 
     def _loop(self) -> int:
         idle_since = time.monotonic()
+        found_empty = False  # idle exits need one empty receive since the last job
         errors = 0
         limits = self.limits
         while not self.shutdown.is_set():
@@ -153,7 +156,7 @@ class Worker:
             wait = RECEIVE_WAIT
             if limits.exit_when_idle is not None and running == 0:
                 idle_for = time.monotonic() - idle_since
-                if idle_for >= limits.exit_when_idle:
+                if found_empty and idle_for >= limits.exit_when_idle:
                     event(log, INFO, "worker.idle_exit", idle_seconds=round(idle_for, 1))
                     return 0
                 wait = max(0.05, min(wait, limits.exit_when_idle - idle_for))
@@ -182,7 +185,9 @@ class Worker:
                 continue
             errors = 0
             if delivery is None:
+                found_empty = running == 0
                 continue
+            found_empty = False
             idle_since = time.monotonic()
             if self.shutdown.is_set():
                 self._release_unstarted(delivery)
@@ -232,7 +237,7 @@ class Worker:
                 self._running.pop(attempt, None)
                 if outcome.counts:
                     self.finished += 1
-                self.outcomes.append(outcome)
+                self.outcomes[outcome] += 1
                 now_idle = not self._running
             if outcome is Outcome.SUCCEEDED:
                 self._safe_report("job_succeeded")
