@@ -174,6 +174,7 @@ class LocalBroker(Broker):
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
+                conn.close()
                 raise BrokerConfigError(
                     f"the local queue database {self.path} cannot use WAL mode (got {mode!r}); "
                     "put LRT_LOCAL_DB on a local disk, not a network share"
