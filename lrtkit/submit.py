@@ -91,6 +91,7 @@ class Job:
     line: int
     job_id: str
     body: bytes
+    generated_id: bool = False  # a fresh UUID: no record can exist, no need to look
 
 
 @dataclass
@@ -283,7 +284,7 @@ def validate_rows(
         except (TypeError, ValueError) as exc:  # not JSON-serialisable after the model
             out.bad.append(BadRow(row.line, f"payload cannot be written as JSON: {exc}", job_id))
             continue
-        out.jobs.append(Job(row.line, job_id, body))
+        out.jobs.append(Job(row.line, job_id, body, generated_id=given is None))
     return out
 
 
@@ -305,18 +306,19 @@ def submit(
     *,
     force: bool = False,
     batch_size: int = DEFAULT_BATCH,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> SubmitSummary:
     """Publish ``jobs`` (already validated) and write their records; see the module docs.
 
-    ``progress`` is called with the number of jobs handled after each step (skipped ones
-    included), for a progress bar. Never raises for a broker refusal: the summary says which
-    ids failed and which were not attempted, and ``summary.error`` holds the error.
+    ``progress(phase, n)`` feeds a progress bar: ``("checked", n)`` as ids are looked up
+    (jobs with a generated id need no lookup), ``("submitted", n)`` as jobs are handled
+    (skipped ones included). Never raises for a broker refusal: the summary says which ids
+    failed and which were not attempted, and ``summary.error`` holds the error.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     summary = SubmitSummary()
-    previous = _existing_records(store, [j.job_id for j in jobs])
+    previous = _existing_records(store, [j.job_id for j in jobs if not j.generated_id], progress)
     todo: list[Job] = []
     for job in jobs:
         if job.job_id in previous and not force:
@@ -324,7 +326,7 @@ def submit(
         else:
             todo.append(job)
     if progress is not None and summary.skipped_known:
-        progress(len(summary.skipped_known))
+        progress("submitted", len(summary.skipped_known))
     with ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="lrtkit-submit") as pool:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
@@ -334,14 +336,26 @@ def submit(
                 summary.not_attempted = [j.job_id for j in todo[start + batch_size :]]
                 break
             if progress is not None:
-                progress(len(batch))
+                progress("submitted", len(batch))
     return summary
 
 
-def _existing_records(store: JobStore, ids: list[str]) -> dict[str, JobRecord]:
+def lookups_needed(jobs: Sequence[Job]) -> int:
+    """How many ids :func:`submit` looks up (for a progress bar's total)."""
+    return sum(not j.generated_id for j in jobs)
+
+
+def _existing_records(
+    store: JobStore, ids: list[str], progress: Callable[[str, int], None] | None
+) -> dict[str, JobRecord]:
+    found: dict[str, JobRecord] = {}
     with ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="lrtkit-lookup") as pool:
-        found = pool.map(store.get, ids)
-        return {i: r for i, r in zip(ids, found, strict=True) if r is not None}
+        for job_id, record in zip(ids, pool.map(store.get, ids), strict=True):
+            if record is not None:
+                found[job_id] = record
+            if progress is not None:
+                progress("checked", 1)
+    return found
 
 
 def _submit_batch(

@@ -81,7 +81,7 @@ def submit(
     submitted, unless --skip-invalid. Rows without job_id get a UUID. Jobs whose id already
     has a record are skipped unless --force. Exit 2 on bad input, 1 if publishing failed.
     """
-    from lrtkit.submit import read_jobs, validate_rows
+    from lrtkit.submit import lookups_needed, read_jobs, validate_rows
     from lrtkit.submit import submit as do_submit
 
     model = _payload_model(handler)
@@ -103,7 +103,8 @@ def submit(
         return
 
     store = state().store()
-    with opened_broker() as broker, _progress_bar(len(checked.jobs)) as advance:
+    bars = _progress_bar(lookups_needed(checked.jobs), len(checked.jobs))
+    with opened_broker() as broker, bars as advance:
         summary = do_submit(
             broker, store, checked.jobs, force=force, batch_size=batch_size, progress=advance
         )
@@ -139,8 +140,8 @@ def _report_bad(bad: list[BadRow], total: int) -> None:
 
 
 @contextmanager
-def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr, shown only when stderr is a terminal."""
+def _progress_bar(lookups: int, total: int) -> Iterator[Callable[[str, int], None]]:
+    """Rich progress bars on stderr (checking ids, submitting), only on a terminal."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -150,7 +151,7 @@ def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
     )
 
     with Progress(
-        TextColumn("submitting"),
+        TextColumn("{task.description:<14}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -158,8 +159,10 @@ def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
         disable=not err_console.is_terminal,
         transient=True,
     ) as progress:
-        task = progress.add_task("submit", total=total)
-        yield lambda n: progress.advance(task, n)
+        tasks = {"submitted": progress.add_task("submitting", total=total)}
+        if lookups:
+            tasks["checked"] = progress.add_task("checking ids", total=lookups)
+        yield lambda phase, n: progress.advance(tasks[phase], n)
 
 
 def _print_summary(summary: SubmitSummary, bad: list[BadRow]) -> None:
