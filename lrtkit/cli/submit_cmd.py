@@ -159,9 +159,10 @@ def _progress_bar(lookups: int, total: int) -> Iterator[Callable[[str, int], Non
         disable=not err_console.is_terminal,
         transient=True,
     ) as progress:
-        tasks = {"submitted": progress.add_task("submitting", total=total)}
+        tasks = {}
         if lookups:
             tasks["checked"] = progress.add_task("checking ids", total=lookups)
+        tasks["submitted"] = progress.add_task("submitting", total=total)
         yield lambda phase, n: progress.advance(tasks[phase], n)
 
 
