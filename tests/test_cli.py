@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -326,3 +327,48 @@ def test_errors_are_one_line_without_traceback(lrt: Env) -> None:
     assert len(lines) == 1
     assert lines[0].startswith("error:")
     assert "nosuch" in lines[0]
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_job_and_drops_a_queued_one(lrt: Env) -> None:
+    env = {**os.environ, **lrt.env, "LRT_LEASE_SECONDS": "3"}
+    jobs = lrt.tmp / "jobs.jsonl"
+    jobs.write_text(
+        '{"job_id": "long", "steps": 200, "step_seconds": 0.1}\n'
+        '{"job_id": "next", "steps": 2, "step_seconds": 0.1}\n'
+    )
+    assert lrt.cli("submit", str(jobs), "--handler", "lrtkit.demo.handler:sum_job").exit_code == 0
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "lrtkit", "run", "lrtkit.demo.handler:sum_job", "--max-jobs", "2"],
+        env=env,
+        cwd=lrt.tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            record = lrt.store.get("long")
+            if record is not None and record.state == JobState.RUNNING:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the job never started")
+        result = lrt.cli("cancel", "long", "next")
+        assert result.exit_code == 0, result.output
+        assert "cancel requested" in result.stdout
+        log, _ = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, log
+    long, after = lrt.store.get("long"), lrt.store.get("next")
+    assert long is not None
+    assert long.state == JobState.CANCELLED
+    assert long.result is None
+    assert after is not None
+    assert after.state == JobState.CANCELLED
+    assert after.attempts == 0
+    assert lrt.broker.depth() == (0, 0, 0)  # acked, never retried
