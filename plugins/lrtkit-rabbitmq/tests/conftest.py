@@ -71,6 +71,11 @@ def rabbit_env(rabbit_server: RabbitServer) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def lrt_broker_target(rabbit_env: dict[str, str]) -> Iterator[BrokerTarget]:
+    """A fresh queue, set up like ``lrtkit setup`` does (as a deployed queue would be)."""
     target = BrokerTarget(env=dict(rabbit_env))
+    setup = target.broker()
+    report = setup.ensure()
+    assert not report.mismatches, report.mismatches
+    setup.close()
     yield target
     target.close()

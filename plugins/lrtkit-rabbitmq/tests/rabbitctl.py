@@ -1,0 +1,53 @@
+"""``rabbitmqctl`` helpers for tests that act on the server (close a connection, timeouts)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+
+def need_rabbitmqctl() -> None:
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not on PATH (the server must be local to act on it)")
+
+
+def ctl(*args: str, timeout: float = 60) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
+    return done.stdout
+
+
+def connection_pids(name: str) -> list[str]:
+    """Erlang pids of the connections whose client-provided name contains ``name``."""
+    out = ctl("list_connections", "pid", "client_properties", "-q", "--no-table-headers")
+    return [line.split("\t", 1)[0] for line in out.splitlines() if name in line]
+
+
+def close_connections(name: str, reason: str = "closed by test") -> int:
+    """Close only the connections named ``name`` (never anyone else's); how many closed."""
+    pids = connection_pids(name)
+    for pid in pids:
+        ctl("close_connection", pid, reason)
+    return len(pids)
+
+
+def get_consumer_timeout() -> str:
+    """The raw ``application:get_env`` answer: ``{ok,1800000}`` or ``undefined``."""
+    return ctl("eval", "application:get_env(rabbit, consumer_timeout).").strip()
+
+
+def set_consumer_timeout(ms: int) -> None:
+    ctl("eval", f"application:set_env(rabbit, consumer_timeout, {int(ms)}).")
+
+
+def restore_consumer_timeout(original: str) -> None:
+    if original == "undefined":
+        ctl("eval", "application:unset_env(rabbit, consumer_timeout).")
+        return
+    value = original.removeprefix("{ok,").removesuffix("}")
+    ctl("eval", f"application:set_env(rabbit, consumer_timeout, {value}).")
