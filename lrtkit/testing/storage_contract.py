@@ -22,7 +22,13 @@ Knobs (class attributes): ``large_file_mb`` for the streamed file round trip,
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +143,110 @@ def _pseudo_random(size: int, seed: str) -> bytes:
         out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
         counter += 1
     return bytes(out[:size])
+
+
+_DOOMED_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from lrtkit.checkpoint import Checkpoint
+    from lrtkit.config import load_settings
+    from lrtkit.plugins import load_storage
+    from lrtkit.testing.storage_contract import CountingStorage, versioned_files, write_tree
+
+    job_id, folder, marker = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    stall_after, files, size = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+
+    class StallingStorage(CountingStorage):
+        # Tells the parent it is half-way through the uploads, and waits there to be killed.
+        stall = False
+
+        def upload_file(self, key, path):
+            etag = super().upload_file(key, path)
+            if self.stall and self.calls["upload_file"] >= stall_after:
+                Path(marker).write_text("half-way")
+                time.sleep(120)
+            return etag
+
+    storage = StallingStorage(load_storage(load_settings()))
+    cp = Checkpoint(storage, job_id, "doomed-worker")
+    cp.claim()
+    write_tree(folder, versioned_files(1, files, size))
+    cp.save_dir(folder)
+    cp.save({"version": 1})
+    write_tree(folder, versioned_files(2, files, size))
+    storage.reset()
+    storage.stall = True
+    cp.save_dir(folder)
+    print("finished without being killed", flush=True)
+    """
+)
+
+
+def versioned_files(version: int, count: int, size: int) -> dict[str, bytes]:
+    """``count`` files of ``size`` bytes whose first line names ``version`` (see version_of)."""
+    out = {}
+    for i in range(count):
+        head = f"version {version} file {i}\n".encode()
+        out[f"shard-{i:02d}.bin"] = head + bytes([version % 256]) * (size - len(head))
+    return out
+
+
+def version_of(files: dict[str, bytes]) -> set[int]:
+    """The versions found in files made by :func:`versioned_files` (one if consistent)."""
+    return {int(data.split(b" ", 2)[1]) for data in files.values()}
+
+
+def check_kill_half_way_through_save_dir(
+    target: StorageTarget, tmp_path: Path, *, files: int = 24, size: int = 256 * 1024
+) -> None:
+    """A holder process SIGKILLed half-way through a big save_dir leaves the previous
+    generation loadable and restorable, whole; the next claim sweeps the dead save's uploads.
+    """
+    job_id = unique_name("job")
+    folder = tmp_path / "doomed-folder"
+    marker = tmp_path / "half-way"
+    script = tmp_path / "doomed.py"
+    script.write_text(_DOOMED_HOLDER)
+    args = [job_id, str(folder), str(marker), str(files // 2), str(files), str(size)]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=target.subprocess_env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the holder exited early ({proc.returncode}): {proc.stderr.read()}")  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the holder never got half-way"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    storage = target.storage()
+    doomed = f"{layout.blobs_prefix(job_id)}{layout.owner_tag('doomed-worker')}/"
+    # v1, and part of v2 (uploads run on several threads: at least the one that signalled)
+    assert files < len(list(storage.list_keys(doomed))) < 2 * files
+    nxt = Checkpoint(storage, job_id, "next-worker")
+    nxt.claim()
+    assert nxt.load() == {"version": 1}
+    restored = tmp_path / "restored"
+    assert nxt.restore_dir(restored)
+    got, _ = read_tree(restored)
+    assert got == versioned_files(1, files, size)
+    assert len(list(storage.list_keys(doomed))) == files  # the dead save's uploads are swept
+    # The next holder checkpoints from where the killed one stopped.
+    nxt.save_dir(folder)
+    again = tmp_path / "again"
+    assert Checkpoint(storage, job_id, "reader").restore_dir(again)
+    assert read_tree(again)[0] == versioned_files(2, files, size)
 
 
 class StorageContract:
@@ -628,3 +738,8 @@ class StorageContract:
         keys: list[Any] = list(storage.list_keys(layout.job_prefix(job_id)))
         assert layout.manifest_key(job_id) in keys
         assert all(k.startswith(layout.checkpoint_prefix(job_id)) for k in keys)
+
+    def test_holder_killed_half_way_through_save_dir(
+        self, lrt_storage_target: StorageTarget, tmp_path: Path
+    ) -> None:
+        check_kill_half_way_through_save_dir(lrt_storage_target, tmp_path, files=12, size=96_000)
