@@ -182,3 +182,12 @@ def test_listing_does_not_follow_a_symlink_out_of_the_root(tmp_path: Path) -> No
     os.symlink(outside, tmp_path / "store" / "link")
     assert list(storage.list_keys("link/")) == []
     assert list(storage.list_keys("")) == []
+
+
+def test_doctor_sees_conditional_writes_enforced(tmp_path: Path) -> None:
+    checks = FileStorage(tmp_path / "store").diagnose()
+    assert [(c.name, c.status) for c in checks] == [
+        ("storage", "ok"),
+        ("conditional writes", "ok"),
+    ]
+    assert list(FileStorage(tmp_path / "store").list_keys("")) == []  # the probe is gone
