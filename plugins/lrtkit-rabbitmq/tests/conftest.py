@@ -7,22 +7,14 @@ else the tests are skipped (or fail under ``LRT_REQUIRE_BROKERS=1``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import pika
 import pytest
+from lrtkit_rabbitmq.testing import RabbitServer, delete_queue_set
 
 from lrtkit.testing import BrokerTarget, service_unavailable, unique_name
 from lrtkit.testing.services import docker_available
-
-
-@dataclass(frozen=True)
-class RabbitServer:
-    url: str
-    management_url: str | None
 
 
 @pytest.fixture(scope="session")
@@ -41,16 +33,6 @@ def rabbit_server() -> Iterator[RabbitServer]:
         host = container.get_container_host_ip()
         port = container.get_exposed_port(5672)
         yield RabbitServer(f"amqp://guest:guest@{host}:{port}/%2F", None)
-
-
-def delete_queue_set(url: str, queue: str) -> None:
-    """Delete the queue, its dead-letter queue and exchange (and delay leftovers)."""
-    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as conn:
-        for name in (queue, f"{queue}.dlq"):
-            with contextlib.suppress(Exception):
-                conn.channel().queue_delete(name)
-        with contextlib.suppress(Exception):
-            conn.channel().exchange_delete(f"{queue}.dlx")
 
 
 @pytest.fixture

@@ -1,11 +1,37 @@
-"""``rabbitmqctl`` helpers for tests that act on the server (close a connection, timeouts)."""
+"""Test helpers for a real RabbitMQ: cleaning up a queue set and acting on the server.
+
+Used by this plugin's tests and by anyone testing lrtkit on RabbitMQ. The ``rabbitmqctl``
+helpers only work where the server is local; they act on named connections only, never on
+everyone's, and callers restore any setting they change.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+from dataclasses import dataclass
 
+import pika
 import pytest
+
+
+@dataclass(frozen=True)
+class RabbitServer:
+    """Where the test server is: its AMQP URL and, if enabled, its management API."""
+
+    url: str
+    management_url: str | None
+
+
+def delete_queue_set(url: str, queue: str) -> None:
+    """Delete the queue, its dead-letter queue and its dead-letter exchange."""
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as conn:
+        for name in (queue, f"{queue}.dlq"):
+            with contextlib.suppress(Exception):
+                conn.channel().queue_delete(name)
+        with contextlib.suppress(Exception):
+            conn.channel().exchange_delete(f"{queue}.dlx")
 
 
 def need_rabbitmqctl() -> None:
