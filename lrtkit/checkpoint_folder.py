@@ -146,7 +146,7 @@ def scan(folder: Path, where: str) -> tuple[dict[str, Path], list[str]]:
     files: dict[str, Path] = {}
     dirs: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith(RESTORE_TMP))
         base = Path(dirpath)
         dirs.extend(
             (base / n).relative_to(folder).as_posix()
@@ -248,23 +248,24 @@ def restore(storage: Storage, folder: Path, tree: Tree, cache: HashCache, where:
     rels = sorted(tree.files)
     same = _parallel(lambda rel: _locally_same(folder / rel, tree.files[rel]), rels)
     needed = [rel for rel, ok in zip(rels, same, strict=True) if not ok]
-    staged: dict[str, Path] = {}
-    for rel in needed:
-        _make_dir(folder, Path(rel).parent.as_posix())
-        staged[rel] = (folder / rel).parent / f"{RESTORE_TMP}{uuid.uuid4().hex}"
+    # Downloads land in a hidden staging folder inside `folder` (same filesystem, so the final
+    # moves are renames) and are all verified before anything in `folder` changes.
+    staging = folder / f"{RESTORE_TMP}{uuid.uuid4().hex}"
+    staged = {rel: staging / str(i) for i, rel in enumerate(needed)}
     try:
+        if staged:
+            staging.mkdir()
         _parallel(lambda rel: _fetch(storage, tree.files[rel], rel, staged[rel], where), needed)
         for rel in sorted(tree.dirs):
             _make_dir(folder, rel)
         for rel, tmp in staged.items():
             target = folder / rel
+            _make_dir(folder, Path(rel).parent.as_posix())
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(tmp, target)
     finally:
-        for tmp in staged.values():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        shutil.rmtree(staging, ignore_errors=True)
     for rel, entry in tree.files.items():
         target = folder / rel
         with contextlib.suppress(OSError):

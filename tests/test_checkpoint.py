@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -272,3 +273,24 @@ def test_many_files_round_trip_in_parallel(
     write_tree(dst, {"d1/sub1/f001.bin": b"stale", "zzz/extra.bin": b"gone after restore"})
     assert Checkpoint(lrt_storage_target.storage(), job_id, "r").restore_dir(dst)
     assert read_tree(dst)[0] == files
+
+
+def test_failed_restore_changes_nothing_in_the_folder(
+    lrt_storage_target: StorageTarget, tmp_path: Path
+) -> None:
+    storage = lrt_storage_target.storage()
+    job_id = unique_name("job")
+    src = tmp_path / "src"
+    write_tree(src, {"a/b.txt": b"needs folder a", "z.bin": b"will be corrupted"})
+    Checkpoint(storage, job_id, "w").save_dir(src)
+    [blob] = [
+        k
+        for k in storage.list_keys(layout.blobs_prefix(job_id))
+        if k.endswith(hashlib.sha256(b"will be corrupted").hexdigest())
+    ]
+    storage.put(blob, b"rot")
+    dst = tmp_path / "dst"
+    write_tree(dst, {"a": b"a is my file", "keep.txt": b"mine"})
+    with pytest.raises(CorruptCheckpoint, match=r"z\.bin"):
+        Checkpoint(storage, job_id, "r").restore_dir(dst)
+    assert read_tree(dst) == ({"a": b"a is my file", "keep.txt": b"mine"}, set())
