@@ -388,3 +388,108 @@ def test_cli_run_bad_usage_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     result = runner.invoke(cli, ["run", "--command", "'unclosed"], env=env)
     assert result.exit_code == 2
     assert "--command" in result.output
+
+
+# -- handler behaviours, in process --------------------------------------------------------------
+
+BEHAVIOURS = """
+from pydantic import BaseModel
+import lrtkit
+
+
+class Out(BaseModel):
+    doubled: int
+
+
+class Job(BaseModel):
+    n: int
+    mode: str = "ok"
+
+
+def work(job: Job, ctx: lrtkit.JobContext):
+    if job.mode == "invalid":
+        raise lrtkit.InvalidJob(f"n={job.n} has no faces in it")
+    if job.mode == "not_json":
+        return object()
+    for i in range(job.n):
+        ctx.progress(i + 1, job.n, phase="adding")
+    ctx.log.info("done adding", extra={"n": job.n})
+    return Out(doubled=job.n * 2)
+
+
+def bare(job):
+    return sorted(job)
+"""
+
+
+def serve(tmp_path: Path, spec: str, jobs: dict[str, dict[str, Any]], **env: str) -> JobStore:
+    settings = settings_for(tmp_path, LRT_LEASE_SECONDS="3", **env)
+    broker = LocalBroker(tmp_path / "q.db", "q", lease_seconds=3)
+    broker.ensure()
+    broker.publish(
+        [Message(job_id, encode_body(job_id, payload)) for job_id, payload in jobs.items()]
+    )
+    broker.close()
+    assert run_worker(settings, handler=spec, exit_when_idle=0.3) == 0
+    return JobStore(FileStorage(tmp_path / "store"))
+
+
+def test_handler_results_progress_and_bad_jobs(
+    in_tmp: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    name = f"behaviours_{time.time_ns()}"
+    write_module(in_tmp, name, BEHAVIOURS)
+    store = serve(
+        in_tmp,
+        f"{name}:work",
+        {"good": {"n": 4}, "bad": {"n": 1, "mode": "invalid"}, "odd": {"n": 1, "mode": "not_json"}},
+        LRT_MAX_FAILURES="1",
+        LRT_LOG_FORMAT="json",
+    )
+    good = store.get("good")
+    assert good is not None
+    assert good.state == JobState.SUCCEEDED
+    assert good.result == {"doubled": 8}, "a pydantic result is stored as its JSON form"
+    assert good.progress == Progress(done=4, total=4, metrics={"phase": "adding"})
+    bad = store.get("bad")
+    assert bad is not None
+    assert bad.state == JobState.DEAD
+    assert bad.failures == 0, "InvalidJob from a handler is a bad job, not a failure"
+    assert "no faces" in (bad.error or "")
+    odd = store.get("odd")
+    assert odd is not None
+    assert odd.state == JobState.DEAD
+    assert odd.failures == 1
+    assert "not JSON-serialisable" in (odd.error or "")
+    lines = [
+        json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    events = {(line["event"], line.get("job_id")) for line in lines}
+    assert ("job.succeeded", "good") in events
+    assert ("done adding", "good") in events
+    assert ("job.invalid", "bad") in events
+    assert all("ts" in line and "level" in line for line in lines)
+
+
+def test_handler_taking_only_the_job(in_tmp: Path) -> None:
+    name = f"behaviours_{time.time_ns()}"
+    write_module(in_tmp, name, BEHAVIOURS)
+    store = serve(in_tmp, f"{name}:bare", {"j": {"b": 1, "a": 2}})
+    assert store.get_result("j") == ["a", "b"]
+
+
+def test_node_reporter_hears_busy_idle_and_failures(tmp_path: Path) -> None:
+    from lrtkit.testing.fake_salad import FakeIMDS
+
+    with FakeIMDS() as imds:
+        serve(
+            tmp_path,
+            "lrtkit.testing.handlers:always_fails",
+            {"j": {}},
+            LRT_SALAD_IMDS_URL=imds.url,
+            LRT_MAX_FAILURES="1",
+            LRT_SALAD_REALLOCATE_AFTER="1",
+        )
+        assert 1000 in imds.cost_history, imds.cost_history
+        assert imds.cost_history[-1] == 0
+        assert imds.reallocations, "one failure with LRT_SALAD_REALLOCATE_AFTER=1 asks to move"
