@@ -61,12 +61,15 @@ def test_a_kill_at_any_moment_leaves_one_whole_generation(
         proc = subprocess.Popen(
             [sys.executable, str(script), job_id, str(folder), "12", str(64 * 1024)],
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env=lrt_storage_target.subprocess_env(),
         )
         try:
             assert proc.stdout is not None
-            proc.stdout.readline()  # at least one complete generation exists
+            # at least one complete generation exists
+            assert proc.stdout.readline(), proc.stderr.read() if proc.stderr else ""
+
             time.sleep(delay)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(30)
