@@ -372,3 +372,19 @@ def test_cancel_stops_a_running_job_and_drops_a_queued_one(lrt: Env) -> None:
     assert after.state == JobState.CANCELLED
     assert after.attempts == 0
     assert lrt.broker.depth() == (0, 0, 0)  # acked, never retried
+
+
+def test_data_that_looks_like_markup_is_printed_as_it_is(lrt: Env) -> None:
+    lrt.enqueue("m")
+    lrt.store.update("m", state=JobState.FAILED, error="KeyError: [/x] [bold]not bold[/bold]")
+    shown = lrt.cli("status", "m")
+    assert shown.exit_code == 0, shown.output
+    assert "[/x] [bold]not bold[/bold]" in shown.stdout
+    listed = lrt.cli("jobs")
+    assert listed.exit_code == 0
+    assert "[/x]" in listed.stdout
+    path = lrt.tmp / "bad.jsonl"
+    path.write_text('{"job_id": "[/red]"}\n')
+    bad = lrt.cli("submit", str(path))
+    assert bad.exit_code == 2
+    assert "'[/red]'" in bad.stderr

@@ -9,6 +9,7 @@ import click
 from lrtkit.cli.common import (
     EXIT_FAILED,
     console,
+    esc,
     fail,
     handle_errors,
     opened_broker,
@@ -37,8 +38,9 @@ STATE_STYLE = {
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @handle_errors
-def setup() -> None:
+def setup(*, as_json: bool) -> None:
     """Create the queue and its dead-letter queue with the recommended settings.
 
     Idempotent: run it again and it reports what exists. Exit 1 when an existing queue has
@@ -46,12 +48,23 @@ def setup() -> None:
     """
     with opened_broker() as broker:
         report = broker.ensure()
+    if as_json:
+        print_json(
+            {
+                "created": report.created,
+                "existing": report.existing,
+                "mismatches": report.mismatches,
+            }
+        )
+        if report.mismatches:
+            raise SystemExit(EXIT_FAILED)
+        return
     for name in report.created:
-        console.print(f"[green]created[/]   {name}", highlight=False)
+        console.print(f"[green]created[/]   {esc(name)}", highlight=False)
     for name in report.existing:
-        console.print(f"[blue]exists[/]    {name}", highlight=False)
+        console.print(f"[blue]exists[/]    {esc(name)}", highlight=False)
     for problem in report.mismatches:
-        console.print(f"[red]mismatch[/]  {problem}", highlight=False, soft_wrap=True)
+        console.print(f"[red]mismatch[/]  {esc(problem)}", highlight=False, soft_wrap=True)
     if report.mismatches:
         fail(
             f"{len(report.mismatches)} setting(s) of the existing queue differ from what lrtkit "
@@ -89,13 +102,13 @@ def status(*, job_id: str | None, as_json: bool) -> None:
     settings = state().settings()
     queue = table("queue", "waiting", "in flight", "dead-lettered")
     queue.add_row(
-        f"{settings.broker}:{settings.queue}",
+        esc(f"{settings.broker}:{settings.queue}"),
         str(depth.waiting),
         str(depth.in_flight),
         str(depth.dead),
     )
     console.print(queue)
-    console.print(f"job records in {settings.storage}", highlight=False)
+    console.print(f"job records in {esc(settings.storage)}", highlight=False)
     jobs = table("state", "jobs")
     for name, count in counts.items():
         style = STATE_STYLE[JobState(name)] if count else "dim"
@@ -118,7 +131,7 @@ def _job_status(job_id: str, as_json: bool) -> None:
     view.add_row("failures", str(record.failures))
     view.add_row("progress", show_progress(data["progress"]) or "-")
     view.add_row("result", "-" if record.result is None else short(record.result, 400))
-    view.add_row("error", record.error or "-")
+    view.add_row("error", esc(record.error or "-"))
     view.add_row("updated", str(data["updated_at"]).replace("T", " "))
     if store.cancel_requested(job_id) and record.state not in FINAL_STATES:
         view.add_row("cancel", "requested (the worker stops it at its next heartbeat)")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 import click
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lrtkit.errors import ConfigError, InvalidJob, LrtError
@@ -72,7 +73,7 @@ def state() -> CliState:
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print ``message`` on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -147,7 +148,7 @@ def show_progress(progress: Any, *, metrics: bool = True) -> str:
             text += f" ({100 * done / total:.0f}%)"
     shown = (progress.get("metrics") or {}) if metrics else {}
     extra = " ".join(f"{k}={_num(v)}" for k, v in shown.items())
-    return f"{text} {extra}".strip()
+    return esc(f"{text} {extra}".strip())
 
 
 def _num(value: Any) -> str:
@@ -157,7 +158,15 @@ def _num(value: Any) -> str:
 
 
 def short(value: Any, width: int = 60) -> str:
-    """One line of at most ``width`` characters (JSON for anything that is not text)."""
+    """One line of at most ``width`` characters (JSON for anything that is not text).
+
+    Escaped for rich: data such as ``[/x]`` in a job's error prints as it is.
+    """
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return esc(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def esc(text: object) -> str:
+    """``text`` escaped for rich markup (anything that comes from users, brokers or files)."""
+    return escape(str(text))

@@ -55,7 +55,7 @@ def list_(*, limit: int | None, as_json: bool) -> None:
         view.add_row(
             job_id_of(d.body) or "[dim](none)[/]",
             str(d.deliveries),
-            short(d.reason, 80),
+            short(d.reason, 200),
             short(d.body.decode("utf-8", errors="replace"), 60),
         )
     console.print(view)

@@ -14,7 +14,16 @@ import click
 from pydantic import AliasChoices, SecretStr
 
 from lrtkit.broker import Check
-from lrtkit.cli.common import EXIT_FAILED, EXIT_OK, console, handle_errors, print_json, state, table
+from lrtkit.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    console,
+    esc,
+    handle_errors,
+    print_json,
+    state,
+    table,
+)
 from lrtkit.errors import LrtError, PluginLoadError, PluginNotFound
 
 if TYPE_CHECKING:
@@ -54,6 +63,7 @@ def doctor(*, handler: str | None, as_json: bool) -> None:
     if settings is not None:
         shown = settings_summary(settings)
         checks.extend(_guide_variables(settings))
+        checks.extend(_scope(settings))
         checks.extend(_run("broker", lambda: _broker_checks(settings)))
         checks.extend(_run("storage", lambda: _storage_checks(settings)))
     if handler is not None:
@@ -130,6 +140,26 @@ def _guide_variables(settings: Settings) -> list[Check]:
             )
             break
     return checks
+
+
+def _scope(settings: Settings) -> list[Check]:
+    """A shared queue with a folder for storage: each machine would see only its own records."""
+    try:
+        scheme = settings.storage_scheme
+    except LrtError:
+        return []  # the storage checks report it
+    if settings.broker != "local" and scheme == "file":
+        return [
+            Check(
+                "storage scope",
+                "warn",
+                f"LRT_BROKER={settings.broker} serves many machines but LRT_STORAGE="
+                f"{settings.storage} is a local folder: checkpoints, results and job records "
+                "stay on each machine, so a job resumed elsewhere starts over",
+                "set LRT_STORAGE=s3://BUCKET/PREFIX (or the guides' R2_BUCKET_NAME)",
+            )
+        ]
+    return []
 
 
 def _broker_checks(settings: Settings) -> list[Check]:
@@ -213,14 +243,15 @@ def _print(shown: list[tuple[str, str, str]], checks: list[Check]) -> None:
     if shown:
         view = table("variable", "value", "source", title="settings", wrap=("value",))
         for variable, value, source in shown:
-            view.add_row(variable, value, source if source == "set" else f"[dim]{source}[/]")
+            view.add_row(variable, esc(value), source if source == "set" else f"[dim]{source}[/]")
         console.print(view)
-    results = table(
-        "check", "status", "detail", "what to do", title="checks", wrap=("detail", "what to do")
-    )
+    results = table("", "check", "detail", title="checks", wrap=("detail",))
     for check in checks:
-        results.add_row(check.name, STYLE.get(check.status, check.status), check.detail, check.fix)
-    console.print(results)
+        detail = esc(check.detail)
+        if check.fix:
+            detail += f"\n[bold]fix:[/] {esc(check.fix)}"
+        results.add_row(STYLE.get(check.status, esc(check.status)), esc(check.name), detail)
+    console.print(results, highlight=False)
     failed = sum(c.status == "fail" for c in checks)
     warned = sum(c.status == "warn" for c in checks)
     if failed:

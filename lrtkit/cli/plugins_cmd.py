@@ -6,7 +6,7 @@ import dataclasses
 
 import click
 
-from lrtkit.cli.common import console, handle_errors, print_json, table
+from lrtkit.cli.common import console, esc, handle_errors, print_json, table
 from lrtkit.plugins import describe_installed
 
 KINDS = {"lrtkit.brokers": "broker", "lrtkit.storage": "storage", "lrtkit.scalers": "scaler"}
@@ -29,9 +29,9 @@ def plugins(*, as_json: bool) -> None:
         view = table("kind", "name", "package", "status", wrap=("status",))
         for info in infos:
             view.add_row(
-                KINDS.get(info.namespace, info.namespace),
-                info.name,
-                f"{info.distribution or '?'} {info.version or ''}".strip(),
-                "[green]ok[/]" if info.error is None else f"[red]broken[/]: {info.error}",
+                esc(KINDS.get(info.namespace, info.namespace)),
+                esc(info.name),
+                esc(f"{info.distribution or '?'} {info.version or ''}".strip()),
+                "[green]ok[/]" if info.error is None else f"[red]broken[/]: {esc(info.error)}",
             )
         console.print(view)

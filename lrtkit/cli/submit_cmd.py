@@ -13,6 +13,7 @@ from lrtkit.cli.common import (
     EXIT_USAGE,
     console,
     err_console,
+    esc,
     fail,
     handle_errors,
     opened_broker,
@@ -125,7 +126,7 @@ def _payload_model(handler: str | None) -> type[BaseModel] | None:
     _, model = load_handler(handler)
     if model is None:
         err_console.print(
-            f"note: {handler} takes a dict (no payload model): only job ids are checked",
+            f"note: {esc(handler)} takes a dict (no payload model): only job ids are checked",
             highlight=False,
         )
     return model
@@ -133,7 +134,7 @@ def _payload_model(handler: str | None) -> type[BaseModel] | None:
 
 def _report_bad(bad: list[BadRow], total: int) -> None:
     for row in bad[:SHOW_AT_MOST]:
-        err_console.print(f"[red]bad row[/] {row}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]bad row[/] {esc(row)}", highlight=False, soft_wrap=True)
     if len(bad) > SHOW_AT_MOST:
         err_console.print(f"... and {len(bad) - SHOW_AT_MOST} more bad row(s)", highlight=False)
     err_console.print(f"{len(bad)} of {total} row(s) are bad", highlight=False)
@@ -185,7 +186,7 @@ def _print_summary(summary: SubmitSummary, bad: list[BadRow]) -> None:
     for reason, ids in list(by_reason.items())[:SHOW_AT_MOST]:
         named = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         err_console.print(
-            f"[red]not published[/] {named}: {reason}", highlight=False, soft_wrap=True
+            f"[red]not published[/] {named}: {esc(reason)}", highlight=False, soft_wrap=True
         )
     if len(by_reason) > SHOW_AT_MOST:
         err_console.print(f"... and {len(by_reason) - SHOW_AT_MOST} more reasons", highlight=False)
