@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -172,7 +173,9 @@ def read_jobs(source: str | Path | IO[bytes], fmt: str | None = None) -> list[Ro
 
 def _read_jsonl(text: str) -> list[Row]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on newlines only: str.splitlines() would also cut at U+2028 and friends, which
+    # JSON allows raw inside strings.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -238,7 +241,8 @@ def infer_cell(text: str) -> Any:
     if _JSON_INT.fullmatch(text):
         return int(text)
     if _JSON_FLOAT.fullmatch(text):
-        return float(text)
+        number = float(text)
+        return number if math.isfinite(number) else text  # 1e999 is not a JSON number
     if text in ("true", "false"):
         return text == "true"
     return text

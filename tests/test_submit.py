@@ -189,6 +189,7 @@ def test_infer_cell_follows_json_number_syntax() -> None:
     assert infer_cell("+1") == "+1"
     assert infer_cell("01") == "01"
     assert infer_cell("1.") == "1."
+    assert infer_cell("1e999") == "1e999"  # would be Infinity, which JSON does not have
     assert infer_cell("True") == "True"
     assert infer_cell("false") is False
 
@@ -326,3 +327,11 @@ def test_records_exist_before_messages_are_published(lrt: Env) -> None:
     assert summary.ok
     assert seen == [True]
     broker.close()
+
+
+def test_jsonl_lines_are_cut_at_newlines_only(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"job_id": "a", "text": "one\u2028two"}\r\n{"job_id": "b"}\n', "utf-8")
+    rows = read_jobs(path)
+    assert [(r.line, r.error) for r in rows] == [(1, None), (2, None)]
+    assert rows[0].fields["text"] == "one\u2028two"
