@@ -493,3 +493,45 @@ def test_node_reporter_hears_busy_idle_and_failures(tmp_path: Path) -> None:
         assert 1000 in imds.cost_history, imds.cost_history
         assert imds.cost_history[-1] == 0
         assert imds.reallocations, "one failure with LRT_SALAD_REALLOCATE_AFTER=1 asks to move"
+
+
+class FlakyBroker(LocalBroker):
+    """The local broker whose first receives fail as a dropped connection would."""
+
+    failures_left = 2
+
+    def receive(self, wait: float) -> Delivery | None:
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise ConnectionLost("connection reset by peer")
+        return super().receive(wait)
+
+
+def test_worker_rides_out_broker_connection_trouble(tmp_path: Path) -> None:
+    from lrtkit.autoscale.imds import NoopReporter
+    from lrtkit.worker.runtime import Limits, Worker
+
+    settings = settings_for(tmp_path, LRT_LEASE_SECONDS="3")
+    broker = FlakyBroker(tmp_path / "q.db", "q", lease_seconds=3)
+    broker.ensure()
+    broker.publish([Message("j", encode_body("j", {"steps": 2, "tick": 0.01}))])
+    storage = FileStorage(tmp_path / "store")
+    store = JobStore(storage)
+    task = PythonTask("lrtkit.testing.handlers:sum_job")
+    worker = Worker(
+        broker,
+        JobProcessor(broker, storage, store, settings, task),
+        NoopReporter(),
+        Limits(exit_when_idle=0.3),
+        lease_seconds=3,
+        grace_seconds=1,
+    )
+    assert worker.run() == 0
+    assert broker.failures_left == 0
+    assert store.get_result("j") == {"sum": 3}
+    broker.close()
+
+
+def test_command_must_be_an_executable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not an executable"):
+        run_worker(settings_for(tmp_path), command="lrtkit-no-such-program --flag")

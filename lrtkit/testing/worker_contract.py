@@ -352,21 +352,26 @@ class WorkerContract:
         assert redone(rows) == 0, f"a step was redone after a graceful stop: {rows}"
         assert sorted(r.step for r in rows) == list(range(1, steps + 1))
 
-    def test_handler_ignoring_stop_is_released_after_grace(
+    def test_handlers_ignoring_stop_are_released_after_grace(
         self, slow_workers: WorkerHarness
     ) -> None:
         harness = slow_workers
-        job_id = harness.submit(harness.new_id(), steps=1000, tick=self.tick)
-        proc = harness.start_handler("ignores_stop", LRT_GRACE_SECONDS="1")
-        harness.steps_done(job_id, 2, self.startup)
+        ids = [harness.submit(harness.new_id(), steps=1000, tick=self.tick) for _ in range(2)]
+        proc = harness.start_handler("ignores_stop", "--concurrency", "2", LRT_GRACE_SECONDS="1")
+        for job_id in ids:
+            harness.steps_done(job_id, 2, self.startup)
         proc.send_signal(signal.SIGTERM)
         assert harness.wait_exit(proc, 15) == 0, harness.logs()
-        assert harness.record(job_id).state == JobState.QUEUED
-        # Released at once: it can be received long before the 30 s lease would end.
-        delivery = harness.broker.receive(wait=10)
-        assert delivery is not None, f"the job was not released\n{harness.logs()}"
-        assert json.loads(delivery.body)["job_id"] == job_id
-        harness.broker.ack(delivery)
+        for job_id in ids:
+            assert harness.record(job_id).state == JobState.QUEUED
+        # Released at once: both can be received long before the 30 s lease would end.
+        received = []
+        for _ in ids:
+            delivery = harness.broker.receive(wait=10)
+            assert delivery is not None, f"a job was not released\n{harness.logs()}"
+            received.append(json.loads(delivery.body)["job_id"])
+            harness.broker.ack(delivery)
+        assert sorted(received) == sorted(ids)
 
     def test_second_signal_exits_at_once(self, slow_workers: WorkerHarness) -> None:
         harness = slow_workers

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,11 @@ class CommandTask:
             ) from None
         if not self.argv:
             raise ConfigError("--command is empty")
+        if shutil.which(self.argv[0]) is None:
+            raise ConfigError(
+                f"--command {command!r}: {self.argv[0]!r} is not an executable program "
+                "(not found on PATH, or not executable)"
+            )
         self.name = command
         self.checkpoint_interval = checkpoint_interval
         self.grace_seconds = grace_seconds
