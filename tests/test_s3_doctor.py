@@ -1,8 +1,9 @@
-"""``lrtkit doctor`` on S3: a store that ignores conditional headers is detected.
+"""S3-compatible stores that lack features: doctor detects them, lrtkit copes.
 
-Some S3-compatible stores accept ``If-Match`` / ``If-None-Match`` on PUT and ignore them. To
-have one, these tests put a small HTTP proxy in front of moto that drops those two headers
-from every request (everything else passes through unchanged).
+Some stores accept ``If-Match`` / ``If-None-Match`` on PUT and ignore them; some have no
+``DeleteObjects``. To have such stores, these tests put a small HTTP proxy in front of moto
+that drops those two headers, or answers multi-object deletes with 501 (everything else
+passes through unchanged).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ pytest_plugins = ["tests.s3_fixtures"]
 _DROPPED = {"if-match", "if-none-match"}
 
 
-def _handler(upstream: str) -> type[BaseHTTPRequestHandler]:
+def _handler(upstream: str, *, refuse_bulk_delete: bool) -> type[BaseHTTPRequestHandler]:
     target = urlsplit(upstream)
 
     class Forward(BaseHTTPRequestHandler):
@@ -37,6 +38,18 @@ def _handler(upstream: str) -> type[BaseHTTPRequestHandler]:
         def _forward(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            if refuse_bulk_delete and self.command == "POST" and "delete" in self.path:
+                refusal = (
+                    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented</Code>"
+                    b"<Message>A header you provided implies functionality that is not "
+                    b"implemented</Message></Error>"
+                )
+                self.send_response(501)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(refusal)))
+                self.end_headers()
+                self.wfile.write(refusal)
+                return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _DROPPED}
             conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
             try:
@@ -62,9 +75,11 @@ def _handler(upstream: str) -> type[BaseHTTPRequestHandler]:
     return Forward
 
 
-@pytest.fixture
-def header_dropping_endpoint(s3_moto_url: str) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(s3_moto_url))
+@pytest.fixture(params=[False])
+def header_dropping_endpoint(s3_moto_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), _handler(s3_moto_url, refuse_bulk_delete=request.param)
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -103,3 +118,18 @@ def test_doctor_passes_on_a_store_that_enforces_them(s3_env: dict[str, str]) -> 
     settings = checks["s3 settings"].detail
     assert "credentials: explicit" in settings
     assert KEYS["LRT_S3_ACCESS_KEY_ID"] not in settings
+
+
+@pytest.mark.parametrize("header_dropping_endpoint", [True], indirect=True)
+def test_delete_prefix_without_delete_objects(
+    header_dropping_endpoint: str, s3_env: dict[str, str]
+) -> None:
+    """A store without DeleteObjects (501): keys are deleted one by one instead."""
+    storage = load_storage(
+        load_settings(environ={**s3_env, "LRT_S3_ENDPOINT_URL": header_dropping_endpoint})
+    )
+    for i in range(5):
+        storage.put(f"jobs/j/checkpoint/blobs/{i}", b"x")
+    storage.put("jobs/k/record.json", b"{}")
+    assert storage.delete_prefix("jobs/j/") == 5
+    assert list(storage.list_keys("")) == ["jobs/k/record.json"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import logging
 import os
 import uuid
 import zlib
@@ -20,7 +22,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from lrtkit.errors import ConfigError, CorruptCheckpoint, NotFound, StorageError
+from lrtkit.errors import (
+    ConfigError,
+    CorruptCheckpoint,
+    NotFound,
+    StorageConfigError,
+    StorageError,
+)
 from lrtkit.storage.base import Storage
 from lrtkit.storage.s3_config import (
     ClientSettings,
@@ -39,6 +47,7 @@ if TYPE_CHECKING:
     from lrtkit.config import Settings
 
 _T = TypeVar("_T")
+log = logging.getLogger("lrtkit.storage.s3")
 _CRC_META = "lrt-crc32"  # user metadata: full-object CRC32 of uploaded files (base64)
 _DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 _READ_RETRIES = 3  # a body cut off mid-read is not retried by botocore
@@ -76,6 +85,7 @@ class S3Storage(Storage):
         self._location = location
         self._cfg = client_settings
         self._credentials_method: str | None = None
+        self._bucket_seen = False
         self._client = client if client is not None else self._make_client()
         opts = client_settings.options
         self._threshold = opts.multipart_threshold_mb * MiB
@@ -164,9 +174,11 @@ class S3Storage(Storage):
         conditional: bool = False,
     ) -> _T:
         try:
-            return fn()
+            result = fn()
         except Exception as exc:
             raise self._error(exc, operation, object_key, storage_key, conditional) from exc
+        self._bucket_seen = True
+        return result
 
     def _error(
         self,
@@ -187,8 +199,9 @@ class S3Storage(Storage):
             endpoint=self._cfg.endpoint_url,
             conditional=conditional,
         )
-        if isinstance(error, NotFound) and operation == "HeadObject":
-            # A HEAD answer has no body: a missing bucket also comes back as a bare 404.
+        if isinstance(error, NotFound) and operation == "HeadObject" and not self._bucket_seen:
+            # A HEAD answer has no body: a missing bucket also comes back as a bare 404. Checked
+            # until some call has reached the bucket, not on every miss (a LIST is billed).
             self._check_bucket(operation, object_key)
         return error
 
@@ -197,6 +210,7 @@ class S3Storage(Storage):
 
         try:
             self._client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            self._bucket_seen = True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code", "") == "NoSuchBucket":
                 raise translate(
@@ -315,13 +329,26 @@ class S3Storage(Storage):
 
     def _delete_batch(self, object_keys: list[str]) -> int:
         objects: Any = [{"Key": k} for k in object_keys]
-        response = self._call(
-            "DeleteObjects",
-            object_keys[0],
-            lambda: self._client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
-            ),
-        )
+        try:
+            response = self._call(
+                "DeleteObjects",
+                object_keys[0],
+                lambda: self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                ),
+            )
+        except StorageConfigError:
+            raise
+        except StorageError as exc:
+            # Some S3-compatible stores lack DeleteObjects (the GCS XML API) or refuse the
+            # checksum header botocore puts on it: delete one by one instead.
+            log.info("s3: DeleteObjects refused (%s); deleting keys one by one", exc)
+            for object_key in object_keys:
+                delete = functools.partial(
+                    self._client.delete_object, Bucket=self.bucket, Key=object_key
+                )
+                self._call("DeleteObject", object_key, delete)
+            return len(object_keys)
         errors = response.get("Errors", [])
         if errors:
             first = errors[0]
