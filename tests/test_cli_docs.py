@@ -72,3 +72,15 @@ def test_quickstart_has_exactly_two_commands_and_ci_runs_the_second() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert install in ci
     assert "LRT_REQUIRE_BROKERS=1" in ci
+
+
+@pytest.mark.parametrize(
+    "page",
+    ["README.md", "docs/index.md", "docs/cli.md", "docs/configuration.md", "examples/README.md"],
+)
+def test_local_links_resolve(page: str) -> None:
+    path = ROOT / page
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text())
+    local = [t for t in targets if "://" not in t and not t.startswith("mailto:")]
+    missing = [t for t in local if not (path.parent / t).exists()]
+    assert not missing, f"{page} links to missing files: {', '.join(missing)}"
