@@ -23,7 +23,7 @@ from lrtkit.cli.common import console, handle_errors
 )
 @click.option(
     "--step-seconds",
-    type=click.FloatRange(0.05, 5),
+    type=click.FloatRange(0.1, 5),
     default=0.25,
     show_default=True,
     help="How long each step of a job takes.",
