@@ -535,3 +535,32 @@ def test_worker_rides_out_broker_connection_trouble(tmp_path: Path) -> None:
 def test_command_must_be_an_executable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not an executable"):
         run_worker(settings_for(tmp_path), command="lrtkit-no-such-program --flag")
+
+
+def test_a_holder_whose_lease_ran_out_writes_no_result_record_or_ack(in_tmp: Path) -> None:
+    name = f"sleepy_{time.time_ns()}"
+    write_module(
+        in_tmp, name, "import time\ndef work(job, ctx):\n    time.sleep(0.8)\n    return 1\n"
+    )
+    settings = settings_for(in_tmp, LRT_LEASE_SECONDS="0.5")
+    broker = LocalBroker(in_tmp / "q.db", "q", lease_seconds=0.5)
+    broker.ensure()
+    broker.publish([Message("j", encode_body("j", {}))])
+    delivery = broker.receive(1)
+    assert delivery is not None
+    storage = FileStorage(in_tmp / "store")
+    store = JobStore(storage)
+    processor = JobProcessor(broker, storage, store, settings, PythonTask(f"{name}:work"))
+    attempt = Attempt(delivery, job_logger(None, 1))
+    # The keeper is never started: a heartbeat that froze (a paused VM, a stuck thread).
+    outcome = processor.handle(attempt, LeaseKeeper(broker, attempt, 0.5))
+    assert outcome is Outcome.INTERRUPTED
+    assert attempt.lost.is_set()
+    assert store.get_result("j") is None
+    record = store.get("j")
+    assert record is not None
+    assert record.state == JobState.RUNNING, "the stale holder must not write the outcome"
+    again = broker.receive(2)
+    assert again is not None, "the job was acked or lost instead of coming back"
+    assert again.delivery_count == 2
+    broker.close()

@@ -402,34 +402,49 @@ class WorkerContract:
         assert not workers.dead_letters()
         assert redone(workers.trace(job_id)) <= 5
 
-    @pytest.mark.parametrize("handler", ["sum_job", "folder_job"])
+    @pytest.mark.parametrize("kind", ["sum_job", "folder_job", "command"])
     def test_stale_worker_writes_nothing_after_losing_its_lease(
-        self, workers: WorkerHarness, handler: str
+        self, workers: WorkerHarness, kind: str
     ) -> None:
         if not self._timed_lease(workers):
             pytest.skip("the lease is the connection on this broker: a live holder keeps it")
+
+        def start(*args: str) -> subprocess.Popen[bytes]:
+            if kind == "command":
+                return workers.start_command("--checkpoint-interval", "0.3", *args)
+            return workers.start_handler(kind, *args)
+
         steps = 12
         job_id = workers.submit(workers.new_id(), steps=steps, tick=self.tick)
-        stale = workers.start_handler(handler)
+        stale = start()
         workers.steps_done(job_id, 3, self.startup)
+        stale_child = workers.trace(job_id)[-1].pid
         workers.freeze(stale)  # frozen past its lease, like a partitioned node
         try:
-            fresh = workers.start_handler(handler, "--max-jobs", "1")
-            workers.steps_done(job_id, 1, self.startup + self.lease_seconds * 3, pid=fresh.pid)
+            fresh = start("--max-jobs", "1")
+            first_fresh = workers.eventually(
+                lambda: next((r for r in workers.trace(job_id) if r.attempt > 1), None),
+                self.startup + self.lease_seconds * 3,
+                "the job resumed by another worker",
+            )
         finally:
             stale.send_signal(signal.SIGCONT)
         assert workers.wait_exit(fresh, self.startup + steps * self.tick + 30) == 0, workers.logs()
+        if kind == "command":
+            # Lease loss stops the stale holder's command; it uploads nothing more.
+            workers.eventually(lambda: child_gone(stale_child), 15, "the stale command ends")
         stale.send_signal(signal.SIGTERM)
         assert workers.wait_exit(stale, 15) == 0, workers.logs()
         record = workers.record(job_id)
         assert record.state == JobState.SUCCEEDED
         assert record.result == {"sum": expected_sum(steps)}
         assert record.failures == 0
-        stale_rows = [r for r in workers.trace(job_id) if r.pid == stale.pid]
-        fresh_rows = [r for r in workers.trace(job_id) if r.pid == fresh.pid]
-        # The stale holder finished at most the step it was in when it woke up.
-        late = [r for r in stale_rows if r.at > fresh_rows[0].at]
-        assert len(late) <= 1, stale_rows
+        assert workers.store.get_result(job_id) == {"sum": expected_sum(steps)}
+        if kind != "command":
+            # The stale holder finished at most the step it was in when it woke up.
+            stale_rows = [r for r in workers.trace(job_id) if r.attempt == 1]
+            late = [r for r in stale_rows if r.at > first_fresh.at]
+            assert len(late) <= 1, stale_rows
 
     # -- failures and bad jobs -----------------------------------------------------------------
 

@@ -171,6 +171,10 @@ class JobProcessor:
                 why = f"the handler raised Stop({stop.reason!r})"
                 return self._interrupted(attempt, keeper, why, self.settings.retry_backoff_seconds)
             return self._stopped(attempt, keeper, attempt.stop_reason)
+        except LeaseLost as exc:
+            # A checkpoint save was fenced out: a newer holder owns the job. Not a failure.
+            attempt.lose(f"checkpoint fenced out: {exc}")
+            return self._stopped(attempt, keeper, LEASE_LOST)
         except RetryLater as exc:
             if attempt.stop_reason is not None:
                 return self._stopped(attempt, keeper, attempt.stop_reason)
@@ -210,7 +214,7 @@ class JobProcessor:
     ) -> Outcome:
         assert attempt.job_id is not None
         job_id = attempt.job_id
-        if not attempt.claim_final():
+        if not self._take_final(attempt):
             return Outcome.INTERRUPTED
         try:
             self._retry(attempt, "store the result", lambda: self.store.put_result(job_id, result))
@@ -253,7 +257,7 @@ class JobProcessor:
     def _failed(
         self, attempt: Attempt, keeper: LeaseKeeper, summary: str, failures: int
     ) -> Outcome:
-        if not attempt.claim_final():
+        if not self._take_final(attempt):
             return Outcome.INTERRUPTED
         limit = self.settings.max_failures
         dead = failures >= limit
@@ -301,7 +305,7 @@ class JobProcessor:
     def _interrupted(
         self, attempt: Attempt, keeper: LeaseKeeper, why: str, delay: float
     ) -> Outcome:
-        if not attempt.claim_final():
+        if not self._take_final(attempt):
             return Outcome.INTERRUPTED
         try:
             self._retry(
@@ -318,7 +322,7 @@ class JobProcessor:
         return Outcome.INTERRUPTED
 
     def _cancelled(self, attempt: Attempt, keeper: LeaseKeeper) -> Outcome:
-        if not attempt.claim_final():
+        if not self._take_final(attempt):
             return Outcome.INTERRUPTED
         try:
             self._retry(
@@ -338,7 +342,7 @@ class JobProcessor:
         self, attempt: Attempt, keeper: LeaseKeeper, reason: str, record: JobRecord | None
     ) -> Outcome:
         """A job that can never succeed: dead-letter it now, with the reason, and mark it dead."""
-        if not attempt.claim_final():
+        if not self._take_final(attempt):
             return Outcome.INTERRUPTED
         reason = clip(reason)
         attempt.log.event(WARNING, "job.invalid", reason=reason)
@@ -361,13 +365,34 @@ class JobProcessor:
 
     def _give_back(self, attempt: Attempt, keeper: LeaseKeeper, why: str, delay: float) -> Outcome:
         """Release without running and without touching the record."""
-        if not attempt.claim_final():
+        if not self._take_final(attempt):
             return Outcome.INTERRUPTED
         attempt.log.event(INFO, "job.handed_back", reason=why, retry_in=round(delay, 2))
         self._release(attempt, keeper, delay)
         return Outcome.HANDED_BACK
 
     # -- broker and storage calls ----------------------------------------------------------------
+
+    def _take_final(self, attempt: Attempt) -> bool:
+        """Take the right to end the delivery, once its lease is confirmed still ours.
+
+        A worker that was frozen (or cut off) past its lease may wake up with a finished handler
+        before its heartbeat notices; renewing the lease once more here, and checking the local
+        deadline, keeps such a stale holder from writing a result, a record or an ack.
+        """
+        if not attempt.claim_final():
+            return False
+        if attempt.lost.is_set():
+            return False
+        try:
+            self.broker.extend(attempt.delivery, self.settings.lease_seconds)
+        except LeaseLost as exc:
+            attempt.lose(f"lease gone when the job ended: {exc}")
+            return False
+        except LrtError as exc:
+            # Connection trouble: the local deadline (checked by extend) still protects us.
+            attempt.log.event(WARNING, "lease.confirm_failed", error=f"{type(exc).__name__}: {exc}")
+        return True
 
     def _release(self, attempt: Attempt, keeper: LeaseKeeper, delay: float) -> None:
         self._final_broker_op(

@@ -73,7 +73,8 @@ class Worker:
         self.grace_seconds = grace_seconds
         self.shutdown = threading.Event()
         self._shutdown_at: float | None = None
-        self._lock = threading.Lock()
+        # Reentrant: the signal handler runs on the main thread, maybe while it holds the lock.
+        self._lock = threading.RLock()
         self._running: dict[Attempt, tuple[threading.Thread, LeaseKeeper]] = {}
         self._changed = threading.Event()
         self.finished = 0
