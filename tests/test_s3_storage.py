@@ -456,3 +456,44 @@ def test_without_boto3_the_error_says_what_to_install() -> None:
 def test_storage_target_is_fresh(lrt_storage_target: StorageTarget) -> None:
     storage = lrt_storage_target.storage()
     assert list(storage.list_keys("")) == []
+
+
+def test_standard_aws_chain_when_no_keys_are_set(
+    lrt_aws_env: dict[str, str], s3_moto_url: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in lrt_aws_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    storage = storage_from(
+        {
+            "LRT_STORAGE": f"s3://{s3_bucket}/{unique_name('chain')}",
+            "LRT_S3_ENDPOINT_URL": s3_moto_url,
+        }
+    )
+    assert storage.credentials_source == "env"
+    assert storage.region == lrt_aws_env["AWS_DEFAULT_REGION"]
+    storage.put("k", b"v")
+    assert storage.get("k")[0] == b"v"
+    assert storage.delete_prefix("") == 1
+
+
+def test_no_credentials_anywhere_is_one_clear_error(
+    s3_moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    storage = storage_from(
+        {"LRT_STORAGE": "s3://some-bucket/p", "LRT_S3_ENDPOINT_URL": s3_moto_url}
+    )
+    assert storage.credentials_source == "none found"
+    with pytest.raises(
+        StorageConfigError, match="no S3 credentials found: set LRT_S3_ACCESS_KEY_ID"
+    ):
+        storage.put("k", b"x")
+    checks = {c.name: c for c in storage.diagnose()}
+    assert checks["s3 credentials"].status == "fail"
+    assert "R2_AWS_ACCESS_KEY_ID" in checks["s3 credentials"].fix
