@@ -27,7 +27,7 @@ from lrtkit_sqs.client import SqsApi, visibility
 from lrtkit_sqs.codec import from_wire
 from lrtkit_sqs.deadletter import DeadLetters
 from lrtkit_sqs.publish import Publisher
-from lrtkit_sqs.rollover import roll_over, rolling_over_elsewhere, show_again
+from lrtkit_sqs.rollover import roll_over, rolling_over_until, show_again
 from lrtkit_sqs.settings import SQS_MAX_VISIBILITY, SqsSettings
 from lrtkit_sqs.setup import Queues, QueueSetup, name_of_url
 
@@ -65,6 +65,7 @@ class SqsBroker(Broker):
         self.setup = QueueSetup(self.api, settings, sqs)
         self._lock = threading.Lock()
         self._queues: Queues | None = None
+        self._handed_back: dict[str, float] = {}  # message id -> end of its holder's search
         if sqs.max_lease_seconds != SQS_MAX_VISIBILITY:
             # Per-instance cap (LRT_SQS_MAX_LEASE_SECONDS, for tests and cautious setups): the
             # worker reads ``broker.max_lease_seconds`` and rolls over before it.
@@ -154,14 +155,29 @@ class SqsBroker(Broker):
                 MessageAttributeNames=["All"],
             )
             messages = resp.get("Messages") or []
-            if messages and rolling_over_elsewhere(messages[0]):
-                # Another holder is taking this continuation copy back: not ours to see.
-                show_again(self, [messages[0]["ReceiptHandle"]])
+            until = rolling_over_until(messages[0]) if messages else None
+            if until is not None:
+                self._hand_back(messages[0], until)
                 time.sleep(max(0.0, min(BOUNCE_PAUSE, deadline - time.monotonic())))
             elif messages:
                 return self.delivery_of(messages[0], started)
             if time.monotonic() >= deadline:
                 return None
+
+    def _hand_back(self, msg: dict[str, Any], until: float) -> None:
+        """Give another holder's continuation copy back without seeing it.
+
+        The first time at once, so that its holder (polling for it right now) gets it. Seen
+        again, its holder is probably gone: hide it until the holder's search window ends, so
+        that idle consumers do not bounce it up to the queue's maxReceiveCount.
+        """
+        now = time.time()
+        with self._lock:
+            self._handed_back = {k: v for k, v in self._handed_back.items() if v > now}
+            again = msg["MessageId"] in self._handed_back
+            self._handed_back[msg["MessageId"]] = until
+        hide = min(math.ceil(until - now), SQS_MAX_VISIBILITY) if again else 0
+        show_again(self, [msg["ReceiptHandle"]], hide)
 
     def delivery_of(self, msg: dict[str, Any], started: float) -> Delivery:
         """A :class:`Delivery` for a received message (``started``: before the request)."""

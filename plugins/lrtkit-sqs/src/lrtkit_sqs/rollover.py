@@ -35,6 +35,7 @@ stops the job, which then resumes from its checkpoint elsewhere.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -47,26 +48,33 @@ if TYPE_CHECKING:
     from lrtkit.broker import Delivery
     from lrtkit_sqs.broker import SqsBroker
 
+log = logging.getLogger("lrtkit.sqs")
+
 TOKEN = "lrt-rollover"  # noqa: S105 - an attribute name, not a secret
 UNTIL = "lrt-rollover-until"
 PRIOR = "lrt-prior-receives"
 
 
 def search_budget(broker: SqsBroker) -> float:
-    """How long step 3 may take: half a lease (the record's hold covers at least one lease)."""
-    return max(1.0, broker.settings.lease_seconds / 2)
+    """How long step 3 may take: most of a lease.
+
+    The worker's record hold covers one lease from just before the rollover, and other lrtkit
+    consumers hand the copy back unseen for this long (``lrt-rollover-until``).
+    """
+    return max(2.0, broker.settings.lease_seconds * 0.75)
 
 
-def rolling_over_elsewhere(msg: dict[str, Any]) -> bool:
-    """True for a continuation copy whose holder is still looking for it (hand it back)."""
+def rolling_over_until(msg: dict[str, Any]) -> float | None:
+    """For a continuation copy whose holder may still be looking for it: until when (epoch)."""
     attrs = msg.get("MessageAttributes") or {}
     until = attrs.get(UNTIL, {}).get("StringValue")
     if TOKEN not in attrs or until is None:
-        return False
+        return None
     try:
-        return float(until) > time.time()
+        value = float(until)
     except ValueError:
-        return False
+        return None
+    return value if value > time.time() else None
 
 
 def roll_over(broker: SqsBroker, delivery: Delivery) -> None:
@@ -104,9 +112,11 @@ def roll_over(broker: SqsBroker, delivery: Delivery) -> None:
 
 def _take_back(broker: SqsBroker, delivery: Delivery, token: str) -> None:
     q = broker.queues
+    h = broker.handle_of(delivery)
     deadline = time.monotonic() + search_budget(broker)
-    passed_over = 0
+    passed_over = receives = 0
     while time.monotonic() < deadline:
+        receives += 1
         started = time.monotonic()
         resp = broker.api.call(
             "receive_message",
@@ -134,8 +144,15 @@ def _take_back(broker: SqsBroker, delivery: Delivery, token: str) -> None:
             delivery.lease_deadline = fresh.lease_deadline
             delivery.headers = fresh.headers
             delivery.lost = False
+            log.info(
+                "sqs rollover: copy of %s back after %d receive(s), %d other(s) passed over",
+                h.group_id,
+                receives,
+                passed_over,
+            )
             return
     delivery.lost = True
+    log.warning("sqs rollover: copy of %s not back after %d receive(s)", h.group_id, receives)
     raise LeaseLost(
         f"rollover: the continuation copy was not received back within "
         f"{search_budget(broker):g}s ({passed_over} messages of other jobs passed over); it is "
@@ -143,8 +160,8 @@ def _take_back(broker: SqsBroker, delivery: Delivery, token: str) -> None:
     )
 
 
-def show_again(broker: SqsBroker, receipts: list[str]) -> None:
-    """Make received messages visible again at once (errors ignored: their lease runs out)."""
+def show_again(broker: SqsBroker, receipts: list[str], hide: int = 0) -> None:
+    """Make received messages visible again (after ``hide`` s; errors ignored: the lease ends)."""
     if not receipts:
         return
     q = broker.queues
@@ -155,7 +172,7 @@ def show_again(broker: SqsBroker, receipts: list[str]) -> None:
             f"queue {q.name} (rollover)",
             QueueUrl=q.url,
             Entries=[
-                {"Id": f"r{i}", "ReceiptHandle": r, "VisibilityTimeout": 0}
+                {"Id": f"r{i}", "ReceiptHandle": r, "VisibilityTimeout": hide}
                 for i, r in enumerate(receipts)
             ],
         )
