@@ -42,6 +42,8 @@ from lrtkit.storage.s3_errors import translate
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
     from mypy_boto3_s3.client import S3Client
+    from s3transfer.futures import TransferFuture
+    from s3transfer.subscribers import BaseSubscriber
 
     from lrtkit.broker import Check
     from lrtkit.config import Settings
@@ -101,12 +103,17 @@ class S3Storage(Storage):
         import boto3.session
 
         cfg = self._cfg
-        session = boto3.session.Session(
-            aws_access_key_id=cfg.access_key_id,
-            aws_secret_access_key=cfg.secret_access_key,
-            region_name=cfg.region,
-        )
-        credentials = session.get_credentials()
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=cfg.access_key_id,
+                aws_secret_access_key=cfg.secret_access_key,
+                region_name=cfg.region,
+            )
+            credentials = session.get_credentials()
+        except Exception as exc:  # botocore: unknown AWS_PROFILE, unreadable ~/.aws/config...
+            raise StorageConfigError(
+                f"S3 credentials for {self.url}: {type(exc).__name__}: {exc}"
+            ) from exc
         # "explicit" (LRT_S3_* / R2_*), "env", "shared-credentials-file", "iam-role"...
         self._credentials_method = credentials.method if credentials is not None else "none found"
         return session.client("s3", endpoint_url=cfg.endpoint_url, config=cfg.botocore_config())
@@ -410,12 +417,11 @@ class S3Storage(Storage):
         """Download to ``path`` via a temporary name; the CRC32 is checked before the rename."""
         object_key = self._location.key(key)
         path = Path(path)
+        mode: dict[str, Any] = {"ChecksumMode": "ENABLED"} if self._send_checksum else {}
         head = self._call(
             "HeadObject",
             object_key,
-            lambda: self._client.head_object(
-                Bucket=self.bucket, Key=object_key, ChecksumMode="ENABLED"
-            ),
+            lambda: self._client.head_object(Bucket=self.bucket, Key=object_key, **mode),
             storage_key=key,
         )
         expected = head.get("Metadata", {}).get(_CRC_META)
@@ -427,9 +433,14 @@ class S3Storage(Storage):
 
             path.parent.mkdir(parents=True, exist_ok=True)
             with create_transfer_manager(self._client, self._transfer_config()) as manager:
-                # The manager pins every ranged GET to the etag it first saw (If-Match).
+                # Size and etag from our HEAD spare the manager its own; every ranged GET is
+                # then pinned to that etag (If-Match), so a replaced object cannot be mixed in.
                 future = manager.download(
-                    self.bucket, object_key, str(tmp), extra_args={"ChecksumMode": "ENABLED"}
+                    self.bucket,
+                    object_key,
+                    str(tmp),
+                    extra_args=mode,
+                    subscribers=[_known_object(head["ContentLength"], head["ETag"])],
                 )
                 self._call("GetObject", object_key, future.result, storage_key=key)
             if expected is not None:
@@ -452,3 +463,15 @@ class S3Storage(Storage):
         from lrtkit.storage.s3_doctor import diagnose
 
         return diagnose(self)
+
+
+def _known_object(size: int, etag: str) -> BaseSubscriber:
+    """A transfer subscriber handing the manager an object's size and etag up front."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class KnownObject(BaseSubscriber):
+        def on_queued(self, future: TransferFuture, **kwargs: Any) -> None:
+            future.meta.provide_transfer_size(size)
+            future.meta.provide_object_etag(etag)
+
+    return KnownObject()
