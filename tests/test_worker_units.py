@@ -564,3 +564,47 @@ def test_a_holder_whose_lease_ran_out_writes_no_result_record_or_ack(in_tmp: Pat
     assert again is not None, "the job was acked or lost instead of coming back"
     assert again.delivery_count == 2
     broker.close()
+
+
+def test_console_script_imports_from_cwd_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "lrtkit"
+    if not script.exists():
+        pytest.skip("the lrtkit console script is not installed next to this Python")
+    write_module(tmp_path, "app", "def work(job, ctx):\n    return {'twice': job['n'] * 2}\n")
+    env = {
+        **os.environ,
+        "LRT_STORAGE": f"file://{tmp_path / 'store'}",
+        "LRT_LOCAL_DB": str(tmp_path / "q.db"),
+        "LRT_QUEUE": "q",
+        "LRT_SALAD_IMDS_URL": "off",
+    }
+    env.pop("PYTHONPATH", None)
+    broker = LocalBroker(tmp_path / "q.db", "q")
+    broker.ensure()
+    broker.publish([Message("j", encode_body("j", {"n": 21}))])
+    store = JobStore(FileStorage(tmp_path / "store"))
+    proc = subprocess.Popen(
+        [str(script), "run", "app:work"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while store.get_result("j") is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        assert store.get_result("j") == {"twice": 42}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        broker.close()
