@@ -96,14 +96,36 @@ def region_of_url(url: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+_XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+
+
 def error_code(exc: ClientError) -> str:
+    """The error code; also from an XML error body (emulators answer JSON calls with XML)."""
     err = exc.response.get("Error", {})
-    return str(err.get("Code") or err.get("QueryErrorCode") or "")
+    code = str(err.get("QueryErrorCode") or err.get("Code") or "")
+    if code.isdigit():
+        found = _XML_CODE.search(str(err.get("Message", "")))
+        if found:
+            return found.group(1)
+    return code
+
+
+def error_message(exc: ClientError) -> str:
+    text = str(exc.response.get("Error", {}).get("Message", "") or exc)
+    found = _XML_MESSAGE.search(text)
+    return found.group(1) if found else text
+
+
+def iam_action(action: str) -> str:
+    """The IAM action a client method needs (batch calls need the single action's permission)."""
+    name = "".join(p.capitalize() for p in action.split("_")).removesuffix("Batch")
+    return f"sqs:{name}"
 
 
 def is_stale_handle(exc: ClientError) -> bool:
     code = error_code(exc)
-    message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+    message = error_message(exc).lower()
     return code in STALE_HANDLE or (code == "InvalidParameterValue" and "receipt handle" in message)
 
 
@@ -195,13 +217,13 @@ class SqsApi:
 
     def translate(self, exc: Exception, action: str, what: str) -> LrtError:
         """One lrtkit error for a botocore error, naming what to fix."""
-        iam = "sqs:" + "".join(p.capitalize() for p in action.split("_"))
+        iam = iam_action(action)
         where = f"{what} in region {self._region or '?'}"
         if self.endpoint_url:
             where += f" at {self.endpoint_url}"
         if isinstance(exc, ClientError):
             code = error_code(exc)
-            message = exc.response.get("Error", {}).get("Message", "") or str(exc)
+            message = error_message(exc)
             if code in NOT_FOUND:
                 return BrokerConfigError(
                     f"{where}: the queue does not exist. Run `lrtkit setup` to create it, or fix "

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from lrtkit.broker import Check, SetupReport
 from lrtkit.errors import BrokerConfigError, LrtError
-from lrtkit_sqs.client import DENIED, SqsApi, error_code, visibility
+from lrtkit_sqs.client import DENIED, SqsApi, error_code, iam_action, visibility
 
 if TYPE_CHECKING:
     from lrtkit.config import Settings
@@ -431,8 +431,7 @@ class QueueSetup:
             except Exception as exc:  # noqa: BLE001 - every answer but "denied" is fine
                 code = error_code(exc) if isinstance(exc, ClientError) else ""
                 if code in DENIED:
-                    iam = "sqs:" + "".join(p.capitalize() for p in action.split("_"))
-                    denied.append(f"{iam} on {qname}")
+                    denied.append(f"{iam_action(action)} on {qname}")
         if denied:
             return [
                 Check(
