@@ -3,7 +3,8 @@
 Some stores accept ``If-Match`` / ``If-None-Match`` on PUT and ignore them; some have no
 ``DeleteObjects``. To have such stores, these tests put a small HTTP proxy in front of moto
 that drops those two headers, answers multi-object deletes with 501, or throttles every Nth
-request with 503 SlowDown (everything else passes through unchanged).
+request with 503 SlowDown, or answers conditional writes with 409 as S3 does while another
+conditional write to the key is in flight (everything else passes through unchanged).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from lrtkit.config import load_settings
+from lrtkit.errors import PreconditionFailed
 from lrtkit.plugins import load_storage
 from lrtkit.storage.s3 import S3Storage
 
@@ -38,6 +40,10 @@ _NOT_IMPLEMENTED = (
     b"<Message>A header you provided implies functionality that is not implemented</Message>"
     b"</Error>"
 )
+_CONFLICT = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ConditionalRequestConflict</Code>"
+    b"<Message>A conflicting operation occurred.</Message></Error>"
+)
 _SLOW_DOWN = (
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
     b"<Message>Please reduce your request rate.</Message></Error>"
@@ -51,6 +57,7 @@ class Quirks:
     drop_conditions: bool = False
     refuse_bulk_delete: bool = False
     slow_down_every: int = 0
+    conflict_on_conditional: bool = False
     requests: int = 0
     injected: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,6 +87,10 @@ def _handler(upstream: str, quirks: Quirks) -> type[BaseHTTPRequestHandler]:
                     quirks.injected += 1
             if throttle:
                 self._answer(503, _SLOW_DOWN)
+                return
+            conditional = any(k.lower() in _CONDITIONS for k in self.headers)
+            if quirks.conflict_on_conditional and self.command == "PUT" and conditional:
+                self._answer(409, _CONFLICT)
                 return
             if quirks.refuse_bulk_delete and self.command == "POST" and "delete" in self.path:
                 self._answer(501, _NOT_IMPLEMENTED)
@@ -196,3 +207,18 @@ def test_throttling_is_retried_with_backoff(
     assert storage.get("manifest")[0] == b"2"
     assert storage.delete_prefix("") == 5
     assert quirks.injected >= 4  # the store really did throttle
+
+
+def test_conditional_request_conflict_is_a_lost_condition(
+    quirky_store: Callable[..., tuple[S3Storage, Quirks]],
+) -> None:
+    """S3's 409 ConditionalRequestConflict (another conditional write in flight) loses too."""
+    storage, _ = quirky_store(conflict_on_conditional=True)
+    etag = storage.put("manifest", b"1")
+    with pytest.raises(PreconditionFailed, match="ConditionalRequestConflict"):
+        storage.put("manifest", b"2", if_match=etag)
+    with pytest.raises(PreconditionFailed, match="ConditionalRequestConflict"):
+        storage.put("other", b"2", if_none_match=True)
+    assert storage.get("manifest")[0] == b"1"
+    assert not storage.exists("other")
+    storage.delete("manifest")
