@@ -1,10 +1,11 @@
 """S3-compatible stores that lack features or throttle: doctor detects them, lrtkit copes.
 
-Some stores accept ``If-Match`` / ``If-None-Match`` on PUT and ignore them; some have no
-``DeleteObjects``. To have such stores, these tests put a small HTTP proxy in front of moto
-that drops those two headers, answers multi-object deletes with 501, or throttles every Nth
-request with 503 SlowDown, or answers conditional writes with 409 as S3 does while another
-conditional write to the key is in flight (everything else passes through unchanged).
+Some stores ignore ``If-Match`` / ``If-None-Match`` on PUT, or refuse them; some have no
+``DeleteObjects``; all throttle. To have such stores, these tests put a small HTTP proxy in
+front of moto that drops those two headers or answers them with 501, answers multi-object
+deletes with 501, throttles every Nth request with 503 SlowDown, or answers conditional writes
+with 409 as S3 does while another conditional write to the key is in flight (everything else
+passes through unchanged).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from lrtkit.config import load_settings
-from lrtkit.errors import PreconditionFailed
+from lrtkit.errors import PreconditionFailed, StorageConfigError
 from lrtkit.plugins import load_storage
 from lrtkit.storage.s3 import S3Storage
 
@@ -58,6 +59,7 @@ class Quirks:
     refuse_bulk_delete: bool = False
     slow_down_every: int = 0
     conflict_on_conditional: bool = False
+    reject_conditions: bool = False
     requests: int = 0
     injected: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -91,6 +93,9 @@ def _handler(upstream: str, quirks: Quirks) -> type[BaseHTTPRequestHandler]:
             conditional = any(k.lower() in _CONDITIONS for k in self.headers)
             if quirks.conflict_on_conditional and self.command == "PUT" and conditional:
                 self._answer(409, _CONFLICT)
+                return
+            if quirks.reject_conditions and self.command == "PUT" and conditional:
+                self._answer(501, _NOT_IMPLEMENTED)
                 return
             if quirks.refuse_bulk_delete and self.command == "POST" and "delete" in self.path:
                 self._answer(501, _NOT_IMPLEMENTED)
@@ -221,4 +226,19 @@ def test_conditional_request_conflict_is_a_lost_condition(
         storage.put("other", b"2", if_none_match=True)
     assert storage.get("manifest")[0] == b"1"
     assert not storage.exists("other")
+    storage.delete("manifest")
+
+
+def test_store_rejecting_conditional_headers_is_a_config_error(
+    quirky_store: Callable[..., tuple[S3Storage, Quirks]],
+) -> None:
+    """A store that answers If-Match with 501 never gets an unfenced write in its place."""
+    storage, _ = quirky_store(reject_conditions=True)
+    etag = storage.put("manifest", b"1")
+    with pytest.raises(StorageConfigError, match="does not implement conditional writes"):
+        storage.put("manifest", b"2", if_match=etag)
+    assert storage.get("manifest")[0] == b"1"
+    fencing = {c.name: c for c in storage.diagnose()}["conditional writes"]
+    assert fencing.status == "warn"
+    assert "does not implement conditional writes" in fencing.detail
     storage.delete("manifest")
