@@ -18,6 +18,7 @@ from lrtkit_rabbitmq.broker import RabbitMQBroker
 from lrtkit_rabbitmq.testing import (
     RabbitServer,
     close_connections,
+    consumer_count,
     ctl,
     delete_queue_set,
     get_consumer_timeout,
@@ -94,7 +95,8 @@ def test_sigkilled_worker_job_goes_to_another_worker_long_before_the_lease(
     workers.steps_done(job_id, 2, 30, pid=first.pid)
     second = workers.start_handler("sum_job")
     # The second worker is up when its waiting consumer shows next to the held job.
-    workers.eventually(lambda: workers.broker.depth().in_flight >= 2, 30, "second worker up")
+    url, queue = lrt_broker_target.env["LRT_RABBITMQ_URL"], lrt_broker_target.env["LRT_QUEUE"]
+    workers.eventually(lambda: consumer_count(url, queue) >= 2, 30, "second worker up")
     killed_at = time.time()
     first.send_signal(signal.SIGKILL)
     first.wait(10)
@@ -116,7 +118,8 @@ def test_connection_closed_during_a_job_ends_with_it_done_once(
     need_rabbitmqctl()
     workers = WorkerHarness(lrt_broker_target, tmp_path, 3.0)
     name = unique_name("lrt-conn")
-    job_id = workers.submit(workers.new_id(), steps=20, tick=0.1)
+    # Long enough to outlast rabbitmqctl's own start-up (about 2 s).
+    job_id = workers.submit(workers.new_id(), steps=80, tick=0.1)
     proc = workers.start_handler(
         "sum_job", "--exit-when-idle", "3", LRT_RABBITMQ_CONNECTION_NAME=name
     )
@@ -124,7 +127,7 @@ def test_connection_closed_during_a_job_ends_with_it_done_once(
     assert close_connections(f"{name} (worker)") == 1
     record = workers.state_becomes(job_id, JobState.SUCCEEDED, 60)
     assert workers.wait_exit(proc, 30) == 0, workers.logs()  # not stuck: it went idle and left
-    assert workers.store.get_result(job_id) == {"sum": expected_sum(20)}
+    assert workers.store.get_result(job_id) == {"sum": expected_sum(80)}
     rows = workers.trace(job_id)
     assert {r.attempt for r in rows} == {1, 2}, rows  # lost with the channel, redelivered
     assert redone(rows) <= 3
@@ -288,15 +291,22 @@ def test_setup_reports_an_existing_queue_that_differs(
     target = BrokerTarget(env=dict(rabbit_env))
     try:
         report = target.broker().ensure()
-        assert len(report.mismatches) == 1, report
-        problem = report.mismatches[0]
-        assert queue in problem
-        assert "x-delivery-limit" in problem or "x-dead-letter-exchange" in problem
-        assert "inequivalent" in problem
+        text = "\n".join(report.mismatches)
+        if "LRT_RABBITMQ_MANAGEMENT_URL" in rabbit_env:
+            # The management API shows every argument: all differences are listed.
+            assert len(report.mismatches) == 5, text
+            assert "x-delivery-limit=3, lrtkit wants 10" in text
+            assert "x-dead-letter-exchange='deadletter'" in text
+        else:
+            # AMQP only: RabbitMQ's refusal names the first differing argument.
+            assert len(report.mismatches) == 1, text
+            assert "x-delivery-limit" in text or "x-dead-letter-exchange" in text
+            assert "inequivalent" in text
+        assert all(queue in problem for problem in report.mismatches)
         # The dead-letter side was still set up, and setup can be run again.
         assert any(".dlq" in name for name in report.created)
         again = target.broker().ensure()
-        assert len(again.mismatches) == 1
+        assert again.mismatches == report.mismatches
         done = subprocess.run(
             [sys.executable, "-m", "lrtkit", "setup"],
             env=target.subprocess_env(),

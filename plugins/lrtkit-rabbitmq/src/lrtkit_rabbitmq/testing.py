@@ -34,6 +34,12 @@ def delete_queue_set(url: str, queue: str) -> None:
             conn.channel().exchange_delete(f"{queue}.dlx")
 
 
+def consumer_count(url: str, queue: str) -> int:
+    """The queue's consumers, from a passive declare (no management API needed)."""
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as conn:
+        return int(conn.channel().queue_declare(queue, passive=True).method.consumer_count)
+
+
 def need_rabbitmqctl() -> None:
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("rabbitmqctl is not on PATH (the server must be local to act on it)")

@@ -20,6 +20,8 @@ from lrtkit_rabbitmq.management import Management
 
 AT_LEAST_ONCE_SINCE = (3, 10)
 CONSUMER_TIMEOUT_ARG_SINCE = (3, 12)
+# RabbitMQ does not compare these on redeclare; `lrtkit doctor` checks the consumer timeout.
+UNCHECKED_ARGUMENTS = frozenset({"x-consumer-timeout"})
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def _queue(
             found = [
                 f"{what} has {key}={info.arguments.get(key)!r}, lrtkit wants {want!r}"
                 for key, want in args.items()
-                if info.arguments.get(key) != want
+                if info.arguments.get(key) != want and key not in UNCHECKED_ARGUMENTS
             ]
             if found:
                 report.mismatches.extend(found)
