@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lrtkit.errors import LrtError, NotFound, StorageError
+from lrtkit.errors import InvalidJobId, LrtError, NotFound, StorageError
 from lrtkit.jobs import JobRecord, JobState, utcnow, validate_job_id
 from lrtkit.storage import layout
 from lrtkit.storage.base import Storage
@@ -83,11 +83,9 @@ class JobStore:
 
     def list_records(self, state: JobState | None = None) -> list[JobRecord]:
         """Every job record (optionally only those in ``state``), sorted by job id."""
-        ids = [
-            job_id
-            for key in self.storage.list_keys(layout.JOBS_PREFIX)
-            if (job_id := layout.job_id_of_record_key(key)) is not None
-        ]
+        # One level of listing: job folders, not every checkpoint blob beneath them. A folder
+        # without a record (or with a name that is no job id) is skipped by the reads below.
+        ids = [name for name in self.storage.list_children(layout.JOBS_PREFIX) if _is_job_id(name)]
         if not ids:
             return []
         with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(ids))) as pool:
@@ -170,3 +168,11 @@ def _parse_record(key: str, data: bytes) -> JobRecord:
             f"job record {key!r} is not a valid record ({exc.error_count()} problem(s), first: "
             f"{exc.errors()[0]['msg']})"
         ) from None
+
+
+def _is_job_id(name: str) -> bool:
+    try:
+        validate_job_id(name)
+    except InvalidJobId:
+        return False
+    return True

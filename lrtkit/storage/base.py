@@ -83,6 +83,20 @@ class Storage(ABC):
     def list_keys(self, prefix: str) -> Iterator[str]:
         """Keys starting with ``prefix`` (a key prefix, not necessarily a folder), sorted."""
 
+    def list_children(self, prefix: str) -> Iterator[str]:
+        """Names directly under the folder ``prefix`` (which ends with ``/``), sorted, unique.
+
+        ``list_children("jobs/")`` yields job ids without walking every checkpoint blob
+        beneath them. The default derives it from :meth:`list_keys`; backends with a
+        delimiter listing (S3's ``Delimiter="/"``) override it to read only one level.
+        """
+        seen: set[str] = set()
+        for key in self.list_keys(prefix):
+            name = key[len(prefix) :].split("/", 1)[0]
+            if name and name not in seen:
+                seen.add(name)
+                yield name
+
     def exists(self, key: str) -> bool:
         from lrtkit.errors import NotFound
 

@@ -367,6 +367,13 @@ class StorageContract:
         assert list(storage.list_keys("lst/zzz")) == []
         assert list(storage.list_keys("nothing-here/")) == []
 
+    def test_list_children_reads_one_level(self, storage: Storage) -> None:
+        for key in ["kids/b/x", "kids/a/1", "kids/a/deep/2", "kids/ab", "kids/c/y/z"]:
+            storage.put(key, b".")
+        assert list(storage.list_children("kids/")) == ["a", "ab", "b", "c"]
+        assert list(storage.list_children("kids/a/")) == ["1", "deep"]
+        assert list(storage.list_children("none/")) == []
+
     def test_delete_is_idempotent(self, storage: Storage) -> None:
         storage.put("del/x", b"x")
         storage.put("del/y/z", b"z")
