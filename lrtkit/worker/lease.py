@@ -15,6 +15,7 @@ Every ``lease/3`` seconds the keeper
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from datetime import timedelta
@@ -44,12 +45,21 @@ class LeaseKeeper:
         self._thread = threading.Thread(
             target=self._run, name=f"lease-{attempt.owner[-12:]}", daemon=True
         )
-        self._lease_started = attempt.received_at
+        # The broker counts its cap from when it handed the message out, which may be before
+        # receive() returned (a long poll): the delivery's conservative lease deadline says when.
+        self._lease_started = self._receipt_time(attempt, lease_seconds)
         cap = broker.max_lease_seconds
         # Roll over a good margin before the cap: a full lease plus one beat of slack.
         self._rollover_after = (
             None if cap is None else max(cap / 2, cap - self.lease_seconds - self.interval)
         )
+
+    @staticmethod
+    def _receipt_time(attempt: Attempt, lease_seconds: float) -> float:
+        deadline = attempt.delivery.lease_deadline
+        if math.isfinite(deadline):
+            return min(attempt.received_at, deadline - lease_seconds)
+        return attempt.received_at
 
     def start(self) -> None:
         self._thread.start()
