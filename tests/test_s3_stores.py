@@ -45,6 +45,10 @@ _CONFLICT = (
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ConditionalRequestConflict</Code>"
     b"<Message>A conflicting operation occurred.</Message></Error>"
 )
+_NO_CHECKSUMS = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented</Code>"
+    b"<Message>Header 'x-amz-checksum-crc32' is not implemented</Message></Error>"
+)
 _SLOW_DOWN = (
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
     b"<Message>Please reduce your request rate.</Message></Error>"
@@ -60,6 +64,8 @@ class Quirks:
     slow_down_every: int = 0
     conflict_on_conditional: bool = False
     reject_conditions: bool = False
+    reject_checksums: bool = False
+    refused_checksums: int = 0
     requests: int = 0
     injected: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -93,6 +99,15 @@ def _handler(upstream: str, quirks: Quirks) -> type[BaseHTTPRequestHandler]:
             conditional = any(k.lower() in _CONDITIONS for k in self.headers)
             if quirks.conflict_on_conditional and self.command == "PUT" and conditional:
                 self._answer(409, _CONFLICT)
+                return
+            checksummed = any(
+                k.lower().startswith(("x-amz-checksum", "x-amz-sdk-checksum", "x-amz-trailer"))
+                for k in self.headers
+            ) or "aws-chunked" in self.headers.get("Content-Encoding", "")
+            if quirks.reject_checksums and checksummed:
+                with quirks.lock:
+                    quirks.refused_checksums += 1
+                self._answer(501, _NO_CHECKSUMS)
                 return
             if quirks.reject_conditions and self.command == "PUT" and conditional:
                 self._answer(501, _NOT_IMPLEMENTED)
@@ -242,3 +257,31 @@ def test_store_rejecting_conditional_headers_is_a_config_error(
     assert fencing.status == "warn"
     assert "does not implement conditional writes" in fencing.detail
     storage.delete("manifest")
+
+
+def test_store_refusing_checksum_headers_still_gets_everything(
+    quirky_store: Callable[..., tuple[S3Storage, Quirks]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Checksum headers refused (as some stores did when boto3 1.36 began sending them):
+    lrtkit resends without them, stops sending them, and still verifies downloads."""
+    storage, quirks = quirky_store(reject_checksums=True)
+    src = tmp_path / "weights.bin"
+    src.write_bytes(os.urandom(MiB) * 12)
+    small = tmp_path / "small.json"
+    small.write_text('{"step": 1}')
+    with caplog.at_level("WARNING", logger="lrtkit.storage.s3"):
+        etag = storage.put("manifest", b"1", if_none_match=True)
+        storage.put("manifest", b"2", if_match=etag)
+        with pytest.raises(PreconditionFailed):
+            storage.put("manifest", b"3", if_match=etag)
+        storage.upload_file("small", small)
+        storage.upload_file("big", src)
+        storage.download_file("big", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    assert storage.get("manifest")[0] == b"2"
+    assert quirks.refused_checksums >= 1
+    warnings = [r.getMessage() for r in caplog.records if "refused checksum" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert storage.delete_prefix("") == 3

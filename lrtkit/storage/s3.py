@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -37,11 +38,12 @@ from lrtkit.storage.s3_config import (
     client_settings,
     parse_location,
 )
-from lrtkit.storage.s3_errors import translate
+from lrtkit.storage.s3_errors import client_error_code, translate
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
     from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import PutObjectOutputTypeDef
     from s3transfer.futures import TransferFuture
     from s3transfer.subscribers import BaseSubscriber
 
@@ -53,6 +55,8 @@ log = logging.getLogger("lrtkit.storage.s3")
 _CRC_META = "lrt-crc32"  # user metadata: full-object CRC32 of uploaded files (base64)
 _DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 _READ_RETRIES = 3  # a body cut off mid-read is not retried by botocore
+# Error codes with which S3-compatible stores refuse headers they do not implement.
+_REFUSALS = {"NotImplemented", "InvalidArgument", "InvalidRequest", "BadRequest"}
 
 
 def _require_boto3() -> None:
@@ -60,6 +64,10 @@ def _require_boto3() -> None:
         import boto3  # noqa: F401
     except ImportError:
         raise ConfigError('LRT_STORAGE=s3://... needs boto3: pip install "lrtkit[s3]"') from None
+
+
+def _crc32(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
 
 
 def file_crc32(path: Path, chunk: int = 8 * MiB) -> str:
@@ -88,12 +96,13 @@ class S3Storage(Storage):
         self._cfg = client_settings
         self._credentials_method: str | None = None
         self._bucket_seen = False
-        self._client = client if client is not None else self._make_client()
+        self._lock = threading.Lock()
         opts = client_settings.options
         self._threshold = opts.multipart_threshold_mb * MiB
         self._chunk = opts.multipart_chunk_mb * MiB
         self._concurrency = opts.max_concurrency
         self._send_checksum = opts.checksum == "crc32"
+        self._client = client if client is not None else self._make_client()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Storage:
@@ -116,7 +125,11 @@ class S3Storage(Storage):
             ) from exc
         # "explicit" (LRT_S3_* / R2_*), "env", "shared-credentials-file", "iam-role"...
         self._credentials_method = credentials.method if credentials is not None else "none found"
-        return session.client("s3", endpoint_url=cfg.endpoint_url, config=cfg.botocore_config())
+        return session.client(
+            "s3",
+            endpoint_url=cfg.endpoint_url,
+            config=cfg.botocore_config(checksums=self._send_checksum),
+        )
 
     # -- description ------------------------------------------------------------------------
 
@@ -180,12 +193,55 @@ class S3Storage(Storage):
         storage_key: str | None = None,
         conditional: bool = False,
     ) -> _T:
+        """Run ``fn`` (one S3 call, already retried by botocore); lrtkit errors out of it.
+
+        A store that refuses checksum headers gets ``fn`` once more without them (``fn``
+        reads :meth:`_checksum_args` when it runs), and none from then on.
+        """
         try:
             result = fn()
         except Exception as exc:
-            raise self._error(exc, operation, object_key, storage_key, conditional) from exc
+            if not self._checksum_refused(exc):
+                raise self._error(exc, operation, object_key, storage_key, conditional) from exc
+            self._stop_checksums(exc)
+            try:
+                result = fn()
+            except Exception as again:
+                raise self._error(again, operation, object_key, storage_key, conditional) from again
         self._bucket_seen = True
         return result
+
+    def _checksum_args(self, crc: str) -> dict[str, Any]:
+        """The CRC32 header for a write, unless checksums are off for this store."""
+        return {"ChecksumCRC32": crc} if self._send_checksum else {}
+
+    def _checksum_mode(self) -> dict[str, Any]:
+        return {"ChecksumMode": "ENABLED"} if self._send_checksum else {}
+
+    def _checksum_refused(self, exc: BaseException) -> bool:
+        """True for a store's refusal of the checksum headers (not for a wrong checksum)."""
+        if not self._send_checksum:
+            return False
+        code, status = client_error_code(exc)
+        text = str(exc).lower()
+        about_checksums = any(w in text for w in ("checksum", "aws-chunked", "trailer"))
+        return (code == "NotImplemented" or status == 501 or code in _REFUSALS) and (
+            about_checksums
+        )
+
+    def _stop_checksums(self, exc: BaseException) -> None:
+        with self._lock:
+            if not self._send_checksum:
+                return
+            self._send_checksum = False
+            self._client = self._make_client() if self._credentials_method else self._client
+        log.warning(
+            "s3: %s refused checksum headers (%s); sending none from now on "
+            "(LRT_S3_CHECKSUM=off skips this); downloads are still checked against the "
+            "CRC32 lrtkit records",
+            self._cfg.endpoint_url or "the endpoint",
+            client_error_code(exc)[0] or exc,
+        )
 
     def _error(
         self,
@@ -289,11 +345,12 @@ class S3Storage(Storage):
             kwargs["IfMatch"] = if_match
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
+        crc = _crc32(data)
         response = self._call(
             "PutObject",
             object_key,
             lambda: self._client.put_object(
-                Bucket=self.bucket, Key=object_key, Body=data, **kwargs
+                Bucket=self.bucket, Key=object_key, Body=data, **kwargs, **self._checksum_args(crc)
             ),
             storage_key=key,
             conditional=bool(kwargs),
@@ -383,24 +440,30 @@ class S3Storage(Storage):
             crc = file_crc32(path)
         except OSError as exc:
             raise StorageError(f"cannot read {path} to upload it to {object_key}: {exc}") from exc
-        extra: dict[str, Any] = {"Metadata": {_CRC_META: crc}}
-        if self._send_checksum:
-            extra["ChecksumCRC32"] = crc
+        metadata = {_CRC_META: crc}
         if size < self._threshold:
             with path.open("rb") as body:
-                response = self._call(
-                    "PutObject",
-                    object_key,
-                    lambda: self._client.put_object(
-                        Bucket=self.bucket, Key=object_key, Body=body, **extra
-                    ),
-                )
-            return response["ETag"]
-        from boto3.s3.transfer import create_transfer_manager
 
-        with create_transfer_manager(self._client, self._transfer_config()) as manager:
-            future = manager.upload(str(path), self.bucket, object_key, extra_args=extra)
-            self._call("CompleteMultipartUpload", object_key, future.result)
+                def put() -> PutObjectOutputTypeDef:
+                    body.seek(0)
+                    return self._client.put_object(
+                        Bucket=self.bucket,
+                        Key=object_key,
+                        Body=body,
+                        Metadata=metadata,
+                        **self._checksum_args(crc),
+                    )
+
+                return self._call("PutObject", object_key, put)["ETag"]
+
+        def multipart() -> None:
+            from boto3.s3.transfer import create_transfer_manager
+
+            extra = {"Metadata": metadata, **self._checksum_args(crc)}
+            with create_transfer_manager(self._client, self._transfer_config()) as manager:
+                manager.upload(str(path), self.bucket, object_key, extra_args=extra).result()
+
+        self._call("CompleteMultipartUpload", object_key, multipart)
         head = self._call(
             "HeadObject",
             object_key,
@@ -417,11 +480,12 @@ class S3Storage(Storage):
         """Download to ``path`` via a temporary name; the CRC32 is checked before the rename."""
         object_key = self._location.key(key)
         path = Path(path)
-        mode: dict[str, Any] = {"ChecksumMode": "ENABLED"} if self._send_checksum else {}
         head = self._call(
             "HeadObject",
             object_key,
-            lambda: self._client.head_object(Bucket=self.bucket, Key=object_key, **mode),
+            lambda: self._client.head_object(
+                Bucket=self.bucket, Key=object_key, **self._checksum_mode()
+            ),
             storage_key=key,
         )
         expected = head.get("Metadata", {}).get(_CRC_META)
@@ -432,17 +496,20 @@ class S3Storage(Storage):
             from boto3.s3.transfer import create_transfer_manager
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            with create_transfer_manager(self._client, self._transfer_config()) as manager:
-                # Size and etag from our HEAD spare the manager its own; every ranged GET is
-                # then pinned to that etag (If-Match), so a replaced object cannot be mixed in.
-                future = manager.download(
-                    self.bucket,
-                    object_key,
-                    str(tmp),
-                    extra_args=mode,
-                    subscribers=[_known_object(head["ContentLength"], head["ETag"])],
-                )
-                self._call("GetObject", object_key, future.result, storage_key=key)
+
+            def fetch() -> None:
+                with create_transfer_manager(self._client, self._transfer_config()) as manager:
+                    # Size and etag from our HEAD spare the manager its own; each ranged GET is
+                    # then pinned to that etag (If-Match): a replaced object cannot mix in.
+                    manager.download(
+                        self.bucket,
+                        object_key,
+                        str(tmp),
+                        extra_args=self._checksum_mode(),
+                        subscribers=[_known_object(head["ContentLength"], head["ETag"])],
+                    ).result()
+
+            self._call("GetObject", object_key, fetch, storage_key=key)
             if expected is not None:
                 actual = file_crc32(tmp)
                 if actual != expected:

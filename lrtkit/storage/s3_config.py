@@ -129,19 +129,26 @@ class ClientSettings:
         # sub-domains; path-style works on all of them, R2 included.
         return "path" if self.endpoint_url else "auto"
 
-    def botocore_config(self) -> Config:
+    def botocore_config(self, *, checksums: bool | None = None) -> Config:
+        """The client's config; ``checksums=False`` turns off response checksum validation.
+
+        Request checksums are never added by botocore on its own ("when_required"): lrtkit
+        sends the ones it wants as plain headers, which more S3-compatible stores accept than
+        botocore's default aws-chunked trailers.
+        """
         from botocore.config import Config
 
         opts = self.options
-        checksum = "when_supported" if opts.checksum == "crc32" else "when_required"
+        if checksums is None:
+            checksums = opts.checksum == "crc32"
         kwargs: dict[str, Any] = {
             "retries": {"mode": "adaptive", "max_attempts": opts.max_attempts},
             "connect_timeout": opts.connect_timeout,
             "read_timeout": opts.read_timeout,
             "max_pool_connections": max(10, opts.max_concurrency * 2),
             "s3": {"addressing_style": self.addressing_style},
-            "request_checksum_calculation": checksum,
-            "response_checksum_validation": checksum,
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_supported" if checksums else "when_required",
             "tcp_keepalive": True,
             "user_agent_extra": "lrtkit",
         }
