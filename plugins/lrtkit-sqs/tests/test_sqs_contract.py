@@ -8,4 +8,4 @@ from lrtkit.testing.broker_contract import BrokerContract
 class TestSqsContract(BrokerContract):
     lease_seconds = 2.0
     release_delay = 2.0
-    concurrent_jobs = 30
+    concurrent_jobs = 20

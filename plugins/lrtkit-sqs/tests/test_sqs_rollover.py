@@ -87,7 +87,7 @@ def test_job_held_across_several_rollovers_is_never_seen_by_others(
     thread = threading.Thread(target=compete, daemon=True)
     thread.start()
     try:
-        for _ in range(3):
+        for _ in range(2):
             hold_until_near_cap(holder, delivery)
             before = holder.handle_of(delivery)
             holder.rollover(delivery)
