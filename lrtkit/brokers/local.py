@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from lrtkit.broker import Broker, Check, DeadLetter, Delivery, Depth, Message, SetupReport
 from lrtkit.errors import BrokerConfigError, BrokerError, LeaseLost, PayloadTooLarge
+from lrtkit.jobs import job_id_of
 
 if TYPE_CHECKING:
     from lrtkit.config import Settings
@@ -471,8 +472,12 @@ class LocalBroker(Broker):
             " ORDER BY id LIMIT ?",
             (self.queue, -1 if limit is None else max(0, limit)),
         )
+        # The listed job id is the body's own (None for a body without a valid one), as on
+        # every broker; the id it was published under only serves redrive-by-id.
         return [
-            DeadLetter(job_id=r[0], reason=r[1], deliveries=int(r[2]), body=bytes(r[3]))
+            DeadLetter(
+                job_id=job_id_of(bytes(r[3])), reason=r[1], deliveries=int(r[2]), body=bytes(r[3])
+            )
             for r in rows
         ]
 

@@ -448,7 +448,7 @@ class BrokerContract:
         assert by_body[good.body].job_id == "dl-1"
         assert by_body[good.body].reason == reasons[good.body]
         assert by_body[good.body].deliveries >= 1
-        assert by_body[bad.body].job_id in (None, "dl-2")
+        assert by_body[bad.body].job_id is None  # the body has none: listed as null
         assert by_body[bad.body].reason == reasons[bad.body]
         assert len(broker.dead_letters(limit=1)) == 1
         depth_becomes(broker, (0, 0, 2), self.settle_seconds)
