@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -497,3 +498,48 @@ def test_no_credentials_anywhere_is_one_clear_error(
     checks = {c.name: c for c in storage.diagnose()}
     assert checks["s3 credentials"].status == "fail"
     assert "R2_AWS_ACCESS_KEY_ID" in checks["s3 credentials"].fix
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "conditional", "error", "says"),
+    [
+        ("PreconditionFailed", 412, True, PreconditionFailed, "conditional write lost"),
+        ("ConditionalRequestConflict", 409, True, PreconditionFailed, "conditional write lost"),
+        ("NoSuchKey", 404, True, PreconditionFailed, "object to replace is gone"),
+        ("NoSuchKey", 404, False, NotFound, "no object at 'k'"),
+        ("NoSuchBucket", 404, False, StorageConfigError, "does not exist"),
+        ("AccessDenied", 403, False, StorageConfigError, "need s3:PutObject"),
+        ("InvalidAccessKeyId", 403, False, StorageConfigError, "credentials rejected"),
+        ("SignatureDoesNotMatch", 403, False, StorageConfigError, "credentials rejected"),
+        ("AuthorizationHeaderMalformed", 400, False, StorageConfigError, "LRT_S3_REGION"),
+        ("PermanentRedirect", 301, False, StorageConfigError, "another region"),
+        ("NotImplemented", 501, True, StorageConfigError, "conditional writes"),
+        ("BadDigest", 400, False, StorageError, "BadDigest"),
+        ("InternalError", 500, False, StorageError, "InternalError"),
+    ],
+)
+def test_error_translation(
+    code: str, status: int, conditional: bool, error: type[Exception], says: str
+) -> None:
+    """What a store's answer (after botocore's retries) becomes, and what the message says."""
+    from botocore.exceptions import ClientError
+
+    from lrtkit.storage.s3_errors import translate
+
+    response: Any = {
+        "Error": {"Code": code, "Message": "m"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    answer = ClientError(response, "PutObject")
+    got = translate(
+        answer,
+        operation="PutObject",
+        bucket="b",
+        object_key="p/k",
+        storage_key="k",
+        conditional=conditional,
+    )
+    assert type(got) is error
+    assert says in str(got)
+    if error is not NotFound:
+        assert str(got).startswith("s3:PutObject on b/p/k")

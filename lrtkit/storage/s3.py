@@ -224,10 +224,12 @@ class S3Storage(Storage):
             return False
         code, status = client_error_code(exc)
         text = str(exc).lower()
-        about_checksums = any(w in text for w in ("checksum", "aws-chunked", "trailer"))
-        return (code == "NotImplemented" or status == 501 or code in _REFUSALS) and (
-            about_checksums
-        )
+        if not any(w in text for w in ("checksum", "aws-chunked", "trailer")):
+            return False
+        if code == "NotImplemented" or status == 501:
+            return True
+        # "did not match" is a real mismatch (the bytes changed on the way): never retried.
+        return code in _REFUSALS and "match" not in text
 
     def _stop_checksums(self, exc: BaseException) -> None:
         with self._lock:
