@@ -123,7 +123,8 @@ class LeaseKeeper:
         except LrtError as exc:
             attempt.log.event(WARNING, "lease.rollover_retry", error=f"{type(exc).__name__}: {exc}")
             return
-        self._lease_started = time.monotonic()
+        attempt.received_at = time.monotonic()
+        self._lease_started = self._receipt_time(attempt, self.lease_seconds)
         attempt.log.event(logging.INFO, "lease.rolled_over", holder=attempt.owner)
 
     def _write_holder(self) -> object | None:
