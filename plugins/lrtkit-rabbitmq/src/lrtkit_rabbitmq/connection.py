@@ -28,7 +28,7 @@ import pika
 from pika.adapters.select_connection import SelectConnection
 
 from lrtkit.errors import BrokerConfigError, BrokerError, ConnectionLost
-from lrtkit_rabbitmq.errors import close_reason, fatal_connection_error
+from lrtkit_rabbitmq.errors import close_reason, detail, fatal_connection_error
 
 log = logging.getLogger("lrtkit.rabbitmq")
 
@@ -221,7 +221,7 @@ class Link:
         if fatal is not None:
             self._set_fatal(fatal)
         else:
-            self._last_error = f"connection failed: {error!r}"
+            self._last_error = f"connection failed: {detail(error)}"
         conn.ioloop.stop()
 
     def _closed(self, conn: SelectConnection, exc: BaseException) -> None:

@@ -71,8 +71,9 @@ def diagnose(broker: RabbitMQBroker) -> list[Check]:
             Check(
                 "rabbitmq management API",
                 "warn",
-                "LRT_RABBITMQ_MANAGEMENT_URL is not set: in-flight (unacknowledged) jobs cannot be "
-                "counted, so depth() reports in_flight=0 and the autoscaler sees waiting jobs only",
+                "LRT_RABBITMQ_MANAGEMENT_URL is not set: unacknowledged jobs cannot be counted, "
+                "so in-flight is the queue's consumer count, which includes workers waiting for "
+                "a job (the autoscaler then keeps idle workers)",
                 "enable the rabbitmq_management plugin and set LRT_RABBITMQ_MANAGEMENT_URL="
                 "https://user:pass@host:15672",
             )

@@ -61,11 +61,6 @@ def fatal_connection_error(exc: BaseException, where: str) -> BrokerConfigError 
                 f"RabbitMQ at {where} refused the virtual host ({code} {text}): check that the "
                 "vhost in LRT_RABBITMQ_URL exists (URL-encode '/' as %2F) and the user may use it"
             )
-    if isinstance(exc, pex.IncompatibleProtocolError):
-        return BrokerConfigError(
-            f"{where} does not speak AMQP 0-9-1 (wrong port, or amqp:// against a TLS port?): "
-            f"{exc!r}"
-        )
     return None
 
 
@@ -81,7 +76,25 @@ def wrap(exc: BaseException, where: str, doing: str) -> BrokerError:
         if code == ACCESS_REFUSED:
             return BrokerConfigError(f"{doing}: {text} (the user lacks permissions)")
         return BrokerError(f"{doing}: RabbitMQ closed the channel ({code} {text})")
-    if isinstance(exc, pex.AMQPConnectionError | pex.StreamLostError | OSError):
-        detail = str(exc) or type(exc).__name__
-        return ConnectionLost(f"{doing}: cannot reach RabbitMQ at {where}: {detail}")
+    if isinstance(exc, pex.IncompatibleProtocolError):
+        return ConnectionLost(
+            f"{doing}: {where} closed the connection during the AMQP handshake (not RabbitMQ, "
+            f"amqp:// against a TLS port, or a node still starting): {detail(exc)}"
+        )
+    if isinstance(exc, pex.AMQPError | OSError):
+        return ConnectionLost(f"{doing}: cannot reach RabbitMQ at {where}: {detail(exc)}")
     return BrokerError(f"{doing}: {type(exc).__name__}: {exc}")
+
+
+def detail(exc: BaseException) -> str:
+    """What went wrong, unwrapping pika's wrappers down to the cause (refused, DNS, TLS...)."""
+    seen = exc
+    for _ in range(6):
+        # pika's workflow errors keep their cause in .exception or .exceptions, not in args.
+        nested = [getattr(seen, "exception", None), *list(getattr(seen, "exceptions", ()))[-1:]]
+        inner = next((a for a in [*nested, *seen.args] if isinstance(a, BaseException)), None)
+        if inner is None:
+            break
+        seen = inner
+    text = str(seen)
+    return f"{type(seen).__name__}: {text}" if text else type(seen).__name__
