@@ -193,8 +193,8 @@ class RabbitMQBroker(Broker):
             retry = [
                 o for o in pending if o.label in failures and "unroutable" not in failures[o.label]
             ]
-            if not retry or attempt == PUBLISH_ATTEMPTS:
-                break
+            if not retry or attempt == PUBLISH_ATTEMPTS or self.link.connections == 0:
+                break  # nothing worth retrying, or the broker was never reached
             log.warning("%d message(s) not confirmed, retrying: %s", len(retry), _sample(failures))
             pending = retry
             time.sleep(0.5 * attempt)
