@@ -408,3 +408,24 @@ def test_management_api_counts_unacked_and_compares_arguments(
     assert info is not None
     assert info.arguments.get("x-delivery-limit") == broker.topology.max_deliveries
     broker.ack(held)
+
+
+def test_close_hands_back_delayed_releases_at_once_and_only_once(
+    lrt_broker_target: BrokerTarget,
+) -> None:
+    holder = lrt_broker_target.broker()
+    other = lrt_broker_target.broker()
+    holder.publish([job("delayed-1")])
+    held = holder.receive(5)
+    assert held is not None
+    holder.release(held, delay=60)
+    assert other.receive(0.5) is None  # held back for the delay
+    closed_at = time.monotonic()
+    holder.close()
+    again = other.receive(10)
+    assert again is not None
+    assert time.monotonic() - closed_at < 10  # not after the 60 s delay
+    assert again.delivery_count == 2
+    other.ack(again)
+    # The copy was confirmed and the original acked before the connection closed: one job.
+    assert other.receive(1) is None

@@ -335,19 +335,20 @@ class RabbitMQBroker(Broker):
             return
         session = self.session
 
-        def later() -> None:
+        def later() -> Future[None] | None:
             # I/O thread, ``delay`` seconds on (or at close): republish, then ack.
             if not session.holds(handle.epoch):
-                return  # the channel closed meanwhile: the broker requeued the job
+                return None  # the channel closed meanwhile: the broker requeued the job
+            settled: Future[None] = Future()
 
             def confirmed(fut: Future[dict[str, str]]) -> None:
-                failures = fut.result()
-                action = "requeue" if failures else "ack"
-                session.settle(handle.epoch, handle.delivery_tag, action, Future())
+                action = "requeue" if fut.result() else "ack"
+                session.settle(handle.epoch, handle.delivery_tag, action, settled)
 
             published: Future[dict[str, str]] = Future()
             published.add_done_callback(confirmed)
             session.publish([copy], published)
+            return settled
 
         self._call(partial(session.schedule, delay, later))
         self._forget(delivery)

@@ -97,7 +97,7 @@ class Session:
         self._inflight: dict[int, tuple[_Batch, str, str | None]] = {}
         self._returned: dict[int, str] = {}
         self._waiters: set[Future[Any]] = set()
-        self._timers: dict[int, tuple[object, Callable[[], None]]] = {}
+        self._timers: dict[int, tuple[object, Callable[[], Future[None] | None]]] = {}
         self._timer_ids = 0
         self._ready_cb: Callable[[], None] | None = None
 
@@ -329,8 +329,14 @@ class Session:
 
     # -- timers ----------------------------------------------------------------------------
 
-    def schedule(self, delay: float, fn: Callable[[], None], fut: Future[int]) -> None:
-        """Run ``fn`` on the I/O loop after ``delay`` s (or at :meth:`flush_timers`)."""
+    def schedule(
+        self, delay: float, fn: Callable[[], Future[None] | None], fut: Future[int]
+    ) -> None:
+        """Run ``fn`` on the I/O loop after ``delay`` s (or at :meth:`flush_timers`).
+
+        ``fn`` may return a future for work it started (a confirm to wait for), which
+        :meth:`flush_timers` waits on.
+        """
         assert self._conn is not None
         self._timer_ids += 1
         key = self._timer_ids
@@ -344,13 +350,28 @@ class Session:
         fut.set_result(key)
 
     def flush_timers(self, fut: Future[int]) -> None:
-        """Run every pending timer now; resolves with how many ran."""
+        """Run every pending timer now; resolves once all the work they started is done."""
         timers, self._timers = self._timers, {}
+        started: list[Future[None]] = []
         for handle, fn in timers.values():
             if self._conn is not None:
                 self._conn.ioloop.remove_timeout(handle)
-            fn()
-        fut.set_result(len(timers))
+            work = fn()
+            if work is not None:
+                started.append(work)
+        remaining = len(started)
+        if not remaining:
+            fut.set_result(len(timers))
+            return
+
+        def one_done(_f: Future[None]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0 and not fut.done():
+                fut.set_result(len(timers))
+
+        for work in started:
+            work.add_done_callback(one_done)
 
     @property
     def pending_timers(self) -> int:
