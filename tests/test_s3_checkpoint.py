@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,6 +112,8 @@ def test_one_gib_folder_round_trips_intact(
         assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) >= 1024 * MiB - 3
     finally:
         storage.delete_prefix(layout.job_prefix(job_id))
+        shutil.rmtree(src, ignore_errors=True)  # 2 GiB of disk, not left for pytest to rotate
+        shutil.rmtree(dest, ignore_errors=True)
 
 
 _KILLED_WRITER = """
@@ -199,6 +202,7 @@ def test_writer_killed_mid_upload_leaves_previous_checkpoint_loadable(
         assert Checkpoint(storage, job_id, "reader").restore_dir(again) is True
         assert (again / "epoch.txt").read_text() == "3"
     finally:
+        shutil.rmtree(v2, ignore_errors=True)
         storage.delete_prefix(layout.job_prefix(job_id))
         for up in client.list_multipart_uploads(Bucket=s3_bucket, Prefix=prefix).get("Uploads", []):
             client.abort_multipart_upload(Bucket=s3_bucket, Key=up["Key"], UploadId=up["UploadId"])
