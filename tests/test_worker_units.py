@@ -25,10 +25,11 @@ from lrtkit.testing.handlers import SumJob
 from lrtkit.worker import load_handler, run_worker
 from lrtkit.worker.attempt import Attempt
 from lrtkit.worker.context import CANCELLED, LEASE_LOST, SHUTDOWN, JobContext
+from lrtkit.worker.endings import retry_delay
 from lrtkit.worker.lease import LeaseKeeper
 from lrtkit.worker.logs import JsonFormatter, TextFormatter, event, job_logger
 from lrtkit.worker.outcome import Outcome, summarize
-from lrtkit.worker.process import JobProcessor, retry_delay
+from lrtkit.worker.process import JobProcessor
 from lrtkit.worker.retry import backoff, retrying
 from lrtkit.worker.task import PythonTask
 
