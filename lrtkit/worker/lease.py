@@ -10,6 +10,8 @@ Every ``lease/3`` seconds the keeper
    the job meanwhile hand it back), then keeps ``held_until`` fresh on every beat;
 3. looks for the cancel marker (``lrtkit cancel``) and stops the job with reason ``cancelled``;
 4. writes the newest ``ctx.progress`` report into the job record (at most once per beat).
+
+Steps 1-2 run on one thread and 3-4 on another, so a slow storage call never delays a renewal.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +45,11 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         self.interval = lease_seconds / 3
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"lease-{attempt.owner[-12:]}", daemon=True
-        )
+        # Two threads: a slow storage call (cancel marker, progress) never delays a renewal.
+        self._threads = [
+            threading.Thread(target=self._run, name=f"lease-{attempt.owner[-12:]}", daemon=True),
+            threading.Thread(target=self._watch, name=f"watch-{attempt.owner[-12:]}", daemon=True),
+        ]
         # The broker counts its cap from when it handed the message out, which may be before
         # receive() returned (a long poll): the delivery's conservative lease deadline says when.
         self._lease_started = self._receipt_time(attempt, lease_seconds)
@@ -62,20 +67,33 @@ class LeaseKeeper:
         return attempt.received_at
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
+        """Stop both threads; waits for a renewal in flight, never for a storage call.
+
+        A late storage duty is harmless: the job's final record write closes the record to
+        heartbeat writes, and a stop request after the end changes nothing.
+        """
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.lease_seconds)
+        renewer = self._threads[0]
+        if renewer.is_alive() and renewer is not threading.current_thread():
+            renewer.join(timeout=self.lease_seconds)
 
     def _run(self) -> None:
+        self._loop(self.renew)
+
+    def _watch(self) -> None:
+        self._loop(self.watch)
+
+    def _loop(self, step: Callable[[], float]) -> None:
         wait = self.interval
         while not self._stop.wait(wait):
             if self.attempt.lost.is_set():
                 return
             try:
-                wait = self.beat()
+                wait = step()
             except Exception as exc:  # noqa: BLE001 - the heartbeat must outlive any bug
                 self.attempt.log.event(
                     WARNING, "heartbeat.error", error=f"{type(exc).__name__}: {exc}"
@@ -83,7 +101,20 @@ class LeaseKeeper:
                 wait = RETRY_PAUSE
 
     def beat(self) -> float:
-        """One heartbeat; returns the seconds to wait before the next one."""
+        """One whole heartbeat (renewal, then storage duties); the wait before the next one."""
+        wait = self.renew()
+        if not self._stop.is_set() and not self.attempt.lost.is_set():
+            self.watch()
+        return wait
+
+    def watch(self) -> float:
+        """The heartbeat's storage duties: the cancel marker, progress and holder freshness."""
+        self._check_cancel()
+        self._write_record()
+        return self.interval
+
+    def renew(self) -> float:
+        """Renew the lease (rolling it over near the broker's cap); the wait before the next."""
         attempt = self.attempt
         try:
             self.broker.extend(attempt.delivery, self.lease_seconds)
@@ -96,11 +127,8 @@ class LeaseKeeper:
                 return self.interval
             attempt.log.event(WARNING, "lease.extend_retry", error=f"{type(exc).__name__}: {exc}")
             return min(RETRY_PAUSE, self.interval)
-        if self._stop.is_set():
-            return self.interval
-        self._maybe_rollover()
-        self._check_cancel()
-        self._write_record()
+        if not self._stop.is_set():
+            self._maybe_rollover()
         return self.interval
 
     # -- rollover ------------------------------------------------------------------------------
