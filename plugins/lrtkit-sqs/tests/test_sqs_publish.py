@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse
+from botocore.awsrequest import AWSResponse, HTTPHeaders
 from lrtkit_sqs.broker import SqsBroker
 
 from lrtkit.broker import Message
@@ -48,7 +48,8 @@ def fail_entries(broker: SqsBroker, fail: Callable[[str, int], bool], sender_fau
     lock = threading.Lock()
 
     def drop(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        keep, gone = [], []
+        keep: list[dict[str, Any]] = []
+        gone: list[dict[str, Any]] = []
         with lock:
             for entry in params["Entries"]:
                 gid = entry["MessageGroupId"]
@@ -61,7 +62,7 @@ def fail_entries(broker: SqsBroker, fail: Callable[[str, int], bool], sender_fau
     def skip_if_empty(params: dict[str, Any], context: dict[str, Any], **_: Any) -> Any:
         # Every entry was taken out: answer for SQS (which refuses an empty batch).
         if context.get("lrt_empty"):
-            return AWSResponse("", 200, {}, None), {"Successful": [], "Failed": []}
+            return AWSResponse("", 200, HTTPHeaders(), None), {"Successful": [], "Failed": []}
         return None
 
     def report(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
@@ -81,7 +82,7 @@ def fail_entries(broker: SqsBroker, fail: Callable[[str, int], bool], sender_fau
 
 
 def drain_ids(broker: SqsBroker, n: int) -> list[str]:
-    ids = []
+    ids: list[str] = []
     for _ in range(n):
         delivery = broker.receive(5)
         assert delivery is not None, f"only {len(ids)} of {n} messages came back"

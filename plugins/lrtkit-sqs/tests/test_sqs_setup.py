@@ -108,7 +108,8 @@ def test_guide_variables_select_existing_queues(
         "SQS_AWS_ACCESS_KEY_ID": "testing",
         "SQS_AWS_SECRET_ACCESS_KEY": "guide-secret-value",
     }
-    with sqs_broker(env) as broker:
+    broker = sqs_broker(env)
+    with broker:
         assert broker.sqs.secret_access_key is not None
         assert "guide-secret-value" not in repr(broker.sqs)  # secrets are never printed
         broker.publish([job("guide-1", steps=3)])
