@@ -429,3 +429,34 @@ def test_close_hands_back_delayed_releases_at_once_and_only_once(
     other.ack(again)
     # The copy was confirmed and the original acked before the connection closed: one job.
     assert other.receive(1) is None
+
+
+def test_guide_made_dead_letter_queue_is_kept_and_used(
+    rabbit_server: RabbitServer, rabbit_env: dict[str, str]
+) -> None:
+    """The guide makes exchange and queue 'deadletter' by hand (a classic queue)."""
+    queue = rabbit_env["LRT_QUEUE"]
+    dlx, dlq = f"{queue}-deadletter", f"{queue}-deadletter-q"
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(rabbit_server.url))) as c:
+        c.channel().exchange_declare(dlx, "direct", durable=True)
+        c.channel().queue_declare(dlq, durable=True)  # classic
+    target = BrokerTarget(env={**rabbit_env, "LRT_RABBITMQ_DLX": dlx, "LRT_RABBITMQ_DLQ": dlq})
+    try:
+        broker = target.broker()
+        report = broker.ensure()
+        assert not report.mismatches, report
+        assert any(dlq in name for name in report.existing)
+        assert any(dlx in name for name in report.existing)
+        broker.publish([job("guide-dl-1")])
+        held = broker.receive(5)
+        assert held is not None
+        broker.dead_letter(held, "invalid job: testing")
+        letters = broker.dead_letters()
+        assert [(d.job_id, d.reason) for d in letters] == [("guide-dl-1", "invalid job: testing")]
+    finally:
+        target.close()
+        with contextlib.closing(
+            pika.BlockingConnection(pika.URLParameters(rabbit_server.url))
+        ) as c:
+            c.channel().queue_delete(dlq)
+            c.channel().exchange_delete(dlx)

@@ -56,15 +56,14 @@ def ensure(admin: Admin, topo: Topology, management: Management | None) -> Setup
     report = SetupReport()
     version = admin.server_version
     _exchange(admin, topo.dlx, report)
-    _queue(
-        admin,
-        topo.dlq,
-        topo.dlq_arguments(),
-        report,
-        management=management,
-        what=f"dead-letter queue {topo.dlq!r}",
-    )
-    if not any(topo.dlq in m for m in report.mismatches):
+    what = f"dead-letter queue {topo.dlq!r}"
+    if admin.passive(topo.dlq) is not None:
+        # Any durable queue serves (the guide makes a classic one): keep it as it is.
+        report.existing.append(what)
+    else:
+        admin.fresh_channel().queue_declare(topo.dlq, durable=True, arguments=topo.dlq_arguments())
+        report.created.append(f"{what} ({_describe(topo.dlq_arguments())})")
+    if not any(topo.dlx in m for m in report.mismatches):
         admin.fresh_channel().queue_bind(topo.dlq, topo.dlx, routing_key=topo.queue)
     _queue(
         admin,
