@@ -460,3 +460,25 @@ def test_guide_made_dead_letter_queue_is_kept_and_used(
         ) as c:
             c.channel().queue_delete(dlq)
             c.channel().exchange_delete(dlx)
+
+
+def test_heartbeats_flow_while_the_job_thread_is_busy(rabbit_env: dict[str, str]) -> None:
+    """A 2 s heartbeat and a job that holds the CPU for 4 heartbeat intervals."""
+    target = BrokerTarget(env={**rabbit_env, "LRT_RABBITMQ_HEARTBEAT": "2"})
+    try:
+        broker = _rabbit(target.broker())
+        broker.ensure()
+        broker.publish([job("busy-1")])
+        held = broker.receive(5)
+        assert held is not None
+        until = time.monotonic() + 8
+        spins = 0
+        while time.monotonic() < until:  # pure Python work, holding the GIL in turns
+            spins += sum(range(1000))
+        assert not held.lost
+        broker.extend(held, 3)
+        broker.ack(held)
+        assert broker.link.connections == 1  # never dropped for missed heartbeats
+        assert broker.receive(0.5) is None
+    finally:
+        target.close()

@@ -39,6 +39,14 @@ def close_reason(exc: BaseException) -> tuple[int, str]:
 
 def fatal_connection_error(exc: BaseException, where: str) -> BrokerConfigError | None:
     """A :class:`BrokerConfigError` when reconnecting cannot help (credentials, vhost)."""
+    for cause in _causes(exc):
+        found = _fatal(cause, where)
+        if found is not None:
+            return found
+    return None
+
+
+def _fatal(exc: BaseException, where: str) -> BrokerConfigError | None:
     if isinstance(exc, pex.ProbableAuthenticationError | pex.AuthenticationError):
         return BrokerConfigError(
             f"RabbitMQ at {where} refused the login: check the user name and password in "
@@ -86,15 +94,22 @@ def wrap(exc: BaseException, where: str, doing: str) -> BrokerError:
     return BrokerError(f"{doing}: {type(exc).__name__}: {exc}")
 
 
-def detail(exc: BaseException) -> str:
-    """What went wrong, unwrapping pika's wrappers down to the cause (refused, DNS, TLS...)."""
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the causes pika wraps in it (``.exception``, ``.exceptions``, ``args``)."""
+    chain = [exc]
     seen = exc
     for _ in range(6):
-        # pika's workflow errors keep their cause in .exception or .exceptions, not in args.
         nested = [getattr(seen, "exception", None), *list(getattr(seen, "exceptions", ()))[-1:]]
         inner = next((a for a in [*nested, *seen.args] if isinstance(a, BaseException)), None)
         if inner is None:
             break
+        chain.append(inner)
         seen = inner
+    return chain
+
+
+def detail(exc: BaseException) -> str:
+    """What went wrong, unwrapping pika's wrappers down to the cause (refused, DNS, TLS...)."""
+    seen = _causes(exc)[-1]
     text = str(seen)
     return f"{type(seen).__name__}: {text}" if text else type(seen).__name__
