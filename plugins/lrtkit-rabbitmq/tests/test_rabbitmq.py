@@ -482,3 +482,26 @@ def test_heartbeats_flow_while_the_job_thread_is_busy(rabbit_env: dict[str, str]
         assert broker.receive(0.5) is None
     finally:
         target.close()
+
+
+def test_worker_on_a_missing_queue_says_run_setup(
+    rabbit_env: dict[str, str], tmp_path: Path
+) -> None:
+    target = BrokerTarget(env={**rabbit_env, "LRT_QUEUE": unique_name("lrt-missing")})
+    try:
+        with pytest.raises(BrokerConfigError, match="lrtkit setup"):
+            target.broker().receive(1)
+        done = subprocess.run(
+            [sys.executable, "-m", "lrtkit", "run", "lrtkit.testing.handlers:sum_job"],
+            env=target.subprocess_env(
+                {"LRT_STORAGE": f"file://{tmp_path / 'store'}", "LRT_SALAD_IMDS_URL": "off"}
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "lrtkit setup" in done.stdout + done.stderr
+    finally:
+        target.close()

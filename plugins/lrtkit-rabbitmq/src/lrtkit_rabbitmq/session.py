@@ -31,6 +31,7 @@ from pika.adapters.select_connection import SelectConnection
 
 from lrtkit.errors import BrokerConfigError, ConnectionLost, LeaseLost
 from lrtkit_rabbitmq.errors import (
+    ACCESS_REFUSED,
     CONSUMER_TIMEOUT_ADVICE,
     NOT_FOUND,
     close_reason,
@@ -165,7 +166,17 @@ class Session:
             why = f"consumer_timeout: {text}"
         else:
             why = f"channel closed ({code} {text})" if code else f"channel closed ({text})"
-        self._consume_gone(why)
+        error: Exception = ConnectionLost(why)
+        if code == NOT_FOUND:
+            error = BrokerConfigError(
+                f"cannot consume from queue {self.queue_name!r}: {text}; run `lrtkit setup`"
+            )
+        elif code == ACCESS_REFUSED:
+            error = BrokerConfigError(
+                f"cannot consume from queue {self.queue_name!r}: {text}; the user needs read "
+                "and write permissions on the vhost"
+            )
+        self._consume_gone(why, error)
         if self._conn is not None and self._conn.is_open:
             self._open_consume()
 
@@ -177,14 +188,14 @@ class Session:
         if self._conn is not None and self._conn.is_open:
             self._open_publish()
 
-    def _consume_gone(self, why: str) -> None:
+    def _consume_gone(self, why: str, error: Exception | None = None) -> None:
         was_open = self.consume_open
         self.consume_open = False
         self._demand_tag = None
         self._consume_ch = None
         for fut in list(self._waiters):
             if not fut.done():
-                fut.set_exception(ConnectionLost(why))
+                fut.set_exception(error or ConnectionLost(why))
         self._waiters.clear()
         # Buffered messages of the closed channel were requeued by the broker.
         kept = []
