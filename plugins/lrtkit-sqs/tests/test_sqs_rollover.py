@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from lrtkit_sqs.broker import SqsBroker
 
-from lrtkit.errors import LeaseLost
+from lrtkit.errors import ConnectionLost, LeaseLost
 from lrtkit.testing.broker_contract import depth_becomes, job
 from lrtkit.testing.target import BrokerTarget
 
@@ -191,3 +191,34 @@ def test_holder_killed_during_rollover_loses_nothing(
     assert len(bodies) == (2 if stage == "send_message" else 1)
     assert all(json.loads(b) == {"job_id": "kill-1", "steps": 2} for b in bodies)
     depth_becomes(rescuer, (0, 0, 0))
+
+
+def test_rollover_retried_after_a_failed_delete(lrt_broker_target: BrokerTarget) -> None:
+    """The first copy heads the job's group: a retried rollover takes that one back."""
+    target = capped(lrt_broker_target)
+    holder = sqs(target)
+    holder.publish([job("retry-1")])
+    delivery = holder.receive(5)
+    assert delivery is not None
+    real_call = holder.api.call
+    failed: list[str] = []
+
+    def flaky(action: str, what: str, **params: Any) -> dict[str, Any]:
+        if action == "delete_message" and "(rollover)" in what and not failed:
+            failed.append(action)  # the network dropped this request: nothing was deleted
+            raise ConnectionLost("injected: connection reset")
+        return real_call(action, what, **params)
+
+    holder.api.call = flaky  # type: ignore[method-assign]
+    with pytest.raises(ConnectionLost):
+        holder.rollover(delivery)
+    assert not delivery.lost  # the original is still held
+    holder.rollover(delivery)  # the worker's next heartbeat tries again
+    assert len(holder.handle_of(delivery).rollover_tokens) == 0  # a fresh receipt
+    holder.ack(delivery)
+    # The second copy is a duplicate of a job now done (the worker acks it as such).
+    duplicate = holder.receive(5)
+    assert duplicate is not None
+    assert json.loads(duplicate.body) == {"job_id": "retry-1"}
+    holder.ack(duplicate)
+    depth_becomes(holder, (0, 0, 0))

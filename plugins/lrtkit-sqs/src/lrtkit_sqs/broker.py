@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 PRIOR_RECEIVES = "lrt-prior-receives"
 #: Pause after handing back another holder's continuation copy, so that holder gets it first.
 BOUNCE_PAUSE = 0.3
+#: Pause between short polls when the lease is too short for long polling.
+SHORT_POLL_PAUSE = 0.2
 
 
 @dataclass
@@ -49,6 +51,7 @@ class SqsHandle:
     group_id: str
     received_at: float  # time.monotonic() before the receive request: the cap counts from here
     attributes: dict[str, Any] = field(default_factory=dict)  # the message's own attributes
+    rollover_tokens: list[str] = field(default_factory=list)  # copies sent by rollover
 
 
 class SqsBroker(Broker):
@@ -137,12 +140,21 @@ class SqsBroker(Broker):
     def _lease(self) -> float:
         return min(self.settings.lease_seconds, self.cap)
 
+    def _max_poll(self) -> int:
+        """Longest long-poll wait per request: at most half a lease.
+
+        SQS starts the visibility timeout when it hands the message out, somewhere inside the
+        long poll; the lease deadline counts from before the request (the safe side), so a
+        message that arrives late in a long poll must still leave most of a lease to work with.
+        """
+        return min(self.sqs.poll_seconds, int(self._lease() // 2))
+
     def receive(self, wait: float) -> Delivery | None:
         q = self.queues
         deadline = time.monotonic() + max(0.0, wait)
         while True:
             remaining = deadline - time.monotonic()
-            poll = min(self.sqs.poll_seconds, max(0, math.ceil(remaining)))
+            poll = min(self._max_poll(), max(0, math.ceil(remaining)))
             started = time.monotonic()
             resp = self.api.call(
                 "receive_message",
@@ -163,6 +175,8 @@ class SqsBroker(Broker):
                 return self.delivery_of(messages[0], started)
             if time.monotonic() >= deadline:
                 return None
+            if not messages and poll == 0:
+                time.sleep(min(SHORT_POLL_PAUSE, max(0.0, deadline - time.monotonic())))
 
     def _hand_back(self, msg: dict[str, Any], until: float) -> None:
         """Give another holder's continuation copy back without seeing it.

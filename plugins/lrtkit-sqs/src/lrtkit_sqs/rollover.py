@@ -81,6 +81,9 @@ def roll_over(broker: SqsBroker, delivery: Delivery) -> None:
     q = broker.queues
     h = broker.handle_of(delivery)
     token = uuid.uuid4().hex
+    # Remember every copy this holder sent: if a rollover is retried after the delete failed,
+    # the first copy heads the group and the later one can only come after it.
+    h.rollover_tokens.append(token)
     own = {
         TOKEN: string_attr(token),
         PRIOR: {"DataType": "Number", "StringValue": str(max(0, delivery.delivery_count - 1))},
@@ -107,10 +110,10 @@ def roll_over(broker: SqsBroker, delivery: Delivery) -> None:
     except LeaseLost:
         delivery.lost = True
         raise
-    _take_back(broker, delivery, token)
+    _take_back(broker, delivery, set(h.rollover_tokens))
 
 
-def _take_back(broker: SqsBroker, delivery: Delivery, token: str) -> None:
+def _take_back(broker: SqsBroker, delivery: Delivery, tokens: set[str]) -> None:
     q = broker.queues
     h = broker.handle_of(delivery)
     deadline = time.monotonic() + search_budget(broker)
@@ -132,7 +135,7 @@ def _take_back(broker: SqsBroker, delivery: Delivery, token: str) -> None:
         others: list[str] = []
         for msg in resp.get("Messages") or []:
             attr = (msg.get("MessageAttributes") or {}).get(TOKEN, {})
-            if attr.get("StringValue") == token:
+            if mine is None and attr.get("StringValue") in tokens:
                 mine = msg
             else:
                 others.append(msg["ReceiptHandle"])
