@@ -576,6 +576,29 @@ class WorkerContract:
         assert sorted({r.step for r in rows}) == list(range(1, steps + 1))
         assert list(workers.store.storage.list_keys(f"jobs/{job_id}/artifacts/"))
 
+    def test_command_gets_sigterm_and_resumes_elsewhere(self, slow_workers: WorkerHarness) -> None:
+        harness = slow_workers
+        steps = 15
+        job_id = harness.submit(harness.new_id(), steps=steps, tick=self.tick)
+        first = harness.start_command(LRT_GRACE_SECONDS="5")
+        harness.steps_done(job_id, 3, self.startup)
+        child_pid = harness.trace(job_id)[-1].pid
+        first.send_signal(signal.SIGTERM)
+        assert harness.wait_exit(first, 15) == 0, harness.logs()
+        assert child_gone(child_pid), "the command outlived its worker"
+        record = harness.record(job_id)
+        assert record.state == JobState.QUEUED
+        assert record.failures == 0, "exit 75 after SIGTERM is an interruption"
+
+        second = harness.start_command("--max-jobs", "1")
+        assert harness.wait_exit(second, self.startup + steps * self.tick + 30) == 0, harness.logs()
+        record = harness.record(job_id)
+        assert record.state == JobState.SUCCEEDED
+        assert record.result == {"sum": expected_sum(steps)}
+        rows = harness.trace(job_id)
+        assert redone(rows) == 0, f"the folder saved at exit was not the newest: {rows}"
+        assert sorted(r.step for r in rows) == list(range(1, steps + 1))
+
     def test_command_exit_codes(self, workers: WorkerHarness) -> None:
         bad = workers.submit(workers.new_id("bad"), exit_code=65)
         later = workers.submit(workers.new_id("later"), steps=3, tick=0.05, tempfail_attempts=1)
