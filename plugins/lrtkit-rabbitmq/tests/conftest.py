@@ -8,7 +8,9 @@ else the tests are skipped (or fail under ``LRT_REQUIRE_BROKERS=1``).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from lrtkit_rabbitmq.testing import RabbitServer, delete_queue_set
@@ -21,7 +23,13 @@ from lrtkit.testing.services import docker_available
 def rabbit_server() -> Iterator[RabbitServer]:
     url = os.environ.get("LRT_TEST_RABBITMQ_URL")
     if url:
-        yield RabbitServer(url, os.environ.get("LRT_TEST_RABBITMQ_MANAGEMENT_URL") or None)
+        # rabbitmqctl acts on the local node: only for a server on this machine's AMQP port.
+        parts = urlsplit(url)
+        local = parts.hostname in {"localhost", "127.0.0.1", "::1"} and parts.port in {None, 5672}
+        management = os.environ.get("LRT_TEST_RABBITMQ_MANAGEMENT_URL") or None
+        yield RabbitServer(
+            url, management, local_ctl=local and shutil.which("rabbitmqctl") is not None
+        )
         return
     if not docker_available():
         service_unavailable("RabbitMQ (set LRT_TEST_RABBITMQ_URL or start Docker)")
@@ -29,10 +37,12 @@ def rabbit_server() -> Iterator[RabbitServer]:
         from testcontainers.community.rabbitmq import RabbitMqContainer  # type: ignore[import-not-found]
     except ImportError:
         from testcontainers.rabbitmq import RabbitMqContainer
-    with RabbitMqContainer("rabbitmq:3.13-management") as container:
+    container = RabbitMqContainer("rabbitmq:3.13-management").with_exposed_ports(15672)
+    with container:
         host = container.get_container_host_ip()
         port = container.get_exposed_port(5672)
-        yield RabbitServer(f"amqp://guest:guest@{host}:{port}/%2F", None)
+        management = f"http://guest:guest@{host}:{container.get_exposed_port(15672)}"
+        yield RabbitServer(f"amqp://guest:guest@{host}:{port}/%2F", management)
 
 
 @pytest.fixture

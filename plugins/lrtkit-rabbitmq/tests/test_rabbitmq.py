@@ -113,9 +113,9 @@ def test_sigkilled_worker_job_goes_to_another_worker_long_before_the_lease(
 
 
 def test_connection_closed_during_a_job_ends_with_it_done_once(
-    lrt_broker_target: BrokerTarget, tmp_path: Path
+    rabbit_server: RabbitServer, lrt_broker_target: BrokerTarget, tmp_path: Path
 ) -> None:
-    need_rabbitmqctl()
+    need_rabbitmqctl(rabbit_server)
     workers = WorkerHarness(lrt_broker_target, tmp_path, 3.0)
     name = unique_name("lrt-conn")
     # Long enough to outlast rabbitmqctl's own start-up (about 2 s).
@@ -136,8 +136,10 @@ def test_connection_closed_during_a_job_ends_with_it_done_once(
     assert workers.dead_letters() == []
 
 
-def test_broker_reconnects_and_marks_held_jobs_lost(lrt_broker_target: BrokerTarget) -> None:
-    need_rabbitmqctl()
+def test_broker_reconnects_and_marks_held_jobs_lost(
+    rabbit_server: RabbitServer, lrt_broker_target: BrokerTarget
+) -> None:
+    need_rabbitmqctl(rabbit_server)
     name = lrt_broker_target.env["LRT_RABBITMQ_CONNECTION_NAME"]
     broker = _rabbit(lrt_broker_target.broker())
     broker.publish([job("reconnect-1")])
@@ -162,7 +164,7 @@ def test_broker_reconnects_and_marks_held_jobs_lost(lrt_broker_target: BrokerTar
 
 
 def test_consumer_timeout_is_detected_as_a_lost_lease(
-    lrt_broker_target: BrokerTarget, caplog: pytest.LogCaptureFixture
+    rabbit_server: RabbitServer, lrt_broker_target: BrokerTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Shorten the server's consumer_timeout for one channel, restore it at once.
 
@@ -170,7 +172,7 @@ def test_consumer_timeout_is_detected_as_a_lost_lease(
     tick (every ``channel_tick_interval``, 60 s): both are shortened while the test's channel
     opens, the timeout is restored straight after, the tick once the timeout fired.
     """
-    need_rabbitmqctl()
+    need_rabbitmqctl(rabbit_server)
     publisher = lrt_broker_target.broker()
     publisher.publish([job("timeout-1")])
     original_timeout = get_consumer_timeout()

@@ -22,6 +22,8 @@ class RabbitServer:
 
     url: str
     management_url: str | None
+    #: ``rabbitmqctl`` on this machine controls this server (False for a container).
+    local_ctl: bool = False
 
 
 def delete_queue_set(url: str, queue: str) -> None:
@@ -40,9 +42,10 @@ def consumer_count(url: str, queue: str) -> int:
         return int(conn.channel().queue_declare(queue, passive=True).method.consumer_count)
 
 
-def need_rabbitmqctl() -> None:
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is not on PATH (the server must be local to act on it)")
+def need_rabbitmqctl(server: RabbitServer) -> None:
+    """Skip unless ``rabbitmqctl`` here controls ``server``."""
+    if not server.local_ctl or shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs rabbitmqctl on the machine that runs the RabbitMQ server under test")
 
 
 def ctl(*args: str, timeout: float = 60) -> str:
