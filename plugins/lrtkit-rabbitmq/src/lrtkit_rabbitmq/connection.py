@@ -245,8 +245,8 @@ class Link:
     def _set_fatal(self, error: BrokerConfigError) -> None:
         with self._cond:
             if self._fatal is None:
-                self._fatal = error
-                log.error("%s", error)
+                self._fatal = error  # raised by every call; the caller reports it once
+                log.debug("giving up on RabbitMQ: %s", error)
             self._cond.notify_all()
 
     def _close_on_loop(self, conn: SelectConnection) -> None:
