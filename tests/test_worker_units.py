@@ -6,6 +6,7 @@ import json
 import logging
 import textwrap
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -365,6 +366,24 @@ def test_run_worker_in_process_serves_and_exits_when_idle(tmp_path: Path) -> Non
     assert record.state == JobState.SUCCEEDED
     assert record.result == {"sum": 6}
     assert store.storage.exists("jobs/a/artifacts/sum.txt")
+    broker.close()
+
+
+def test_exit_when_idle_counts_from_the_end_of_the_last_job(tmp_path: Path) -> None:
+    # A job longer than the idle time must not make the worker quit right after it ends.
+    settings = settings_for(tmp_path, LRT_LEASE_SECONDS="3")
+    broker = LocalBroker(tmp_path / "q.db", "q", lease_seconds=3)
+    broker.ensure()
+    store = JobStore(FileStorage(tmp_path / "store"))
+    broker.publish([Message("long", encode_body("long", {"steps": 12, "tick": 0.1}))])
+    code = run_worker(settings, handler="lrtkit.testing.handlers:sum_job", exit_when_idle=0.8)
+    exited = datetime.now(UTC)
+    assert code == 0
+    record = store.get("long")
+    assert record is not None
+    assert record.state == JobState.SUCCEEDED
+    idle = (exited - record.updated_at).total_seconds()
+    assert idle >= 0.7, f"the worker quit {idle:.2f}s after its job ended, not after 0.8s idle"
     broker.close()
 
 

@@ -77,6 +77,7 @@ class Worker:
         self._lock = threading.RLock()
         self._running: dict[Attempt, tuple[threading.Thread, LeaseKeeper]] = {}
         self._changed = threading.Event()
+        self._last_job_end = 0.0
         self.finished = 0
         self.outcomes: Counter[Outcome] = Counter()
 
@@ -143,6 +144,8 @@ class Worker:
             with self._lock:
                 running = len(self._running)
                 started = self.finished + running
+                # Idle time counts from when the last job ended, not from when it began.
+                idle_since = max(idle_since, self._last_job_end)
             if limits.max_jobs is not None and started >= limits.max_jobs:
                 if running == 0:
                     event(log, INFO, "worker.max_jobs", jobs=self.finished)
@@ -152,8 +155,6 @@ class Worker:
             if running >= limits.concurrency:
                 self._wait_for_change()
                 continue
-            if running:
-                idle_since = max(idle_since, time.monotonic())
             wait = RECEIVE_WAIT
             if limits.exit_when_idle is not None and running == 0:
                 idle_for = time.monotonic() - idle_since
@@ -236,6 +237,7 @@ class Worker:
         finally:
             with self._lock:
                 self._running.pop(attempt, None)
+                self._last_job_end = time.monotonic()
                 if outcome.counts:
                     self.finished += 1
                 self.outcomes[outcome] += 1
