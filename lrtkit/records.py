@@ -112,6 +112,14 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self.storage.exists(layout.cancel_key(job_id))
 
+    def clear_cancel(self, job_id: str) -> None:
+        """Remove the cancel marker (a job submitted again with ``--force`` runs afresh)."""
+        self.storage.delete(layout.cancel_key(job_id))
+
+    def delete(self, job_id: str) -> None:
+        """Remove the job's record (used to undo a record written for a job never queued)."""
+        self.storage.delete(layout.record_key(job_id))
+
     # -- results and artifacts ------------------------------------------------------------------
 
     def put_result(self, job_id: str, result: Any) -> None:

@@ -47,7 +47,6 @@ from lrtkit.jobs import (
     validate_job_id,
     validate_payload,
 )
-from lrtkit.storage import layout
 
 if TYPE_CHECKING:
     from lrtkit.broker import Broker
@@ -376,7 +375,7 @@ def _submit_batch(
     def queue_record(job: Job) -> None:
         if job.job_id in previous:
             # A forced resubmission runs again: an old cancel request must not stop it.
-            store.storage.delete(layout.cancel_key(job.job_id))
+            store.clear_cancel(job.job_id)
         store.put(JobRecord(job_id=job.job_id, state=JobState.QUEUED))
 
     try:
@@ -417,7 +416,7 @@ def _restore(
             if job_id in previous:
                 store.put(previous[job_id])
             else:
-                store.storage.delete(layout.record_key(job_id))
+                store.delete(job_id)
         except LrtError:
             # Last resort: say plainly that it is not in the queue.
             store.update(job_id, state=JobState.FAILED, error="not published: submit it again")

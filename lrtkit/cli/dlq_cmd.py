@@ -17,7 +17,6 @@ from lrtkit.cli.common import (
 )
 from lrtkit.errors import LrtError
 from lrtkit.jobs import JobState, job_id_of, validate_job_id
-from lrtkit.storage import layout
 
 
 @click.group()
@@ -96,6 +95,6 @@ def redrive(*, job_ids: tuple[str, ...], redrive_all: bool) -> None:
                 if record is not None:
                     store.put(record)
                 else:
-                    store.storage.delete(layout.record_key(job_id))
+                    store.delete(job_id)
             raise
     console.print(f"redrove {count} job(s) to the queue", highlight=False)
