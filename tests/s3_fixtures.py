@@ -8,82 +8,22 @@ conftest's file-storage one; a plugin fixture would not).
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
 from lrtkit.storage.s3 import S3Storage
-from lrtkit.testing import StorageTarget, service_unavailable, unique_name
-from lrtkit.testing.services import free_port, wait_http
+from lrtkit.testing import StorageTarget, unique_name
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
-# moto's S3 checks a conditional PUT and then stores the object, two steps with no lock between
-# them, on a threaded server: two writers racing with the same If-Match can both win. S3, R2
-# and MinIO evaluate the condition and write atomically. This runner serves moto with the
-# conditional writes serialised (everything else stays concurrent), so the race tests
-# exercise lrtkit's side of the protocol rather than that gap of the emulator.
-_SERVER = """
-import sys, threading
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
-)
-app = DomainDispatcherApplication(create_backend_app)
-lock = threading.Lock()
-
-def serialised(environ, start_response):
-    conditional = "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ
-    if environ["REQUEST_METHOD"] in ("PUT", "POST") and conditional:
-        with lock:
-            return list(app(environ, start_response))
-    return app(environ, start_response)
-
-run_simple("127.0.0.1", int(sys.argv[1]), serialised, threaded=True,
-           request_handler=MotoRequestHandler)
-"""
-
-
-@contextlib.contextmanager
-def moto_s3_server(extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
-    """A moto server of these tests' own (atomic conditional writes); yields its URL."""
-    try:
-        import moto.server  # noqa: F401
-    except ImportError:
-        service_unavailable('moto server (pip install "moto[server]")')
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, str(port)],
-        env={**os.environ, **(extra_env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_http(f"{url}/moto-api/")
-        except TimeoutError:
-            service_unavailable(f"moto server on port {port}")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
 
 @pytest.fixture(scope="session")
-def s3_moto_url() -> Iterator[str]:
-    """The S3 tests' moto server (see ``_SERVER``), shared by the session."""
-    with moto_s3_server() as url:
-        yield url
+def s3_moto_url(lrt_moto_url: str) -> str:
+    """The session's moto server (conditional writes atomic, see lrtkit.testing.moto_runner)."""
+    return lrt_moto_url
 
 
 KEYS = {"LRT_S3_ACCESS_KEY_ID": "testing", "LRT_S3_SECRET_ACCESS_KEY": "testing-secret-0042"}

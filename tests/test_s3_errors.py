@@ -23,7 +23,8 @@ from lrtkit.testing import unique_name
 
 pytest.register_assert_rewrite("tests.s3_fixtures")
 
-from tests.s3_fixtures import empty_bucket, moto_s3_server, raw_client  # noqa: E402
+from lrtkit.testing.services import moto_server  # noqa: E402
+from tests.s3_fixtures import empty_bucket, raw_client  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -51,7 +52,7 @@ def _user(iam: object, name: str, actions: list[str]) -> tuple[str, str]:
 def auth_server() -> Iterator[AuthServer]:
     import boto3
 
-    with moto_s3_server({"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as url:
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as url:
 
         def iam_client(key_id: str, secret: str) -> object:
             return boto3.client(

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -68,14 +68,17 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
+def moto_server(extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
     """A moto server (SQS, S3) reached over real HTTP; yields its endpoint URL.
 
     ``LRT_TEST_MOTO_URL`` points at a running one; otherwise one is started as a child process
-    on a free loopback port (``pip install "moto[server]"``) and stopped afterwards.
+    on a free loopback port (``pip install "moto[server]"``) and stopped afterwards, served by
+    :mod:`lrtkit.testing.moto_runner` so S3 conditional writes are atomic as on S3 itself.
+    ``extra_env`` (moto's own settings, e.g. ``INITIAL_NO_AUTH_ACTION_COUNT`` to enforce IAM)
+    always starts a server of its own.
     """
     url = os.environ.get("LRT_TEST_MOTO_URL")
-    if url:
+    if url and extra_env is None:
         yield url.rstrip("/")
         return
     try:
@@ -84,7 +87,8 @@ def moto_server() -> Iterator[str]:
         service_unavailable('moto server (pip install "moto[server]")')
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "lrtkit.testing.moto_runner", str(port)],
+        env={**os.environ, **(extra_env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
