@@ -107,12 +107,12 @@ class Broker(ABC):
     * ``timed_lease``: the lease runs out by time while the holder is alive (SQS, Redis,
       local). False where the lease is the connection (RabbitMQ).
     * ``max_lease_seconds``: the longest single lease the broker grants (SQS: 12 h from
-      receipt), or ``None``.
+      receipt), or ``None``. An instance may lower it from its settings.
     """
 
     name: ClassVar[str] = "broker"
     timed_lease: ClassVar[bool] = True
-    max_lease_seconds: ClassVar[float | None] = None
+    max_lease_seconds: float | None = None
 
     @classmethod
     @abstractmethod

@@ -84,7 +84,6 @@ class LocalBroker(Broker):
 
     name: ClassVar[str] = "local"
     timed_lease: ClassVar[bool] = True
-    max_lease_seconds: ClassVar[float | None] = None
 
     #: Largest body accepted; bigger ones raise PayloadTooLarge before anything is written.
     max_body_bytes: ClassVar[int] = 16 * 1024 * 1024

@@ -96,7 +96,6 @@ class RabbitMQBroker(Broker):
 
     name: ClassVar[str] = "rabbitmq"
     timed_lease: ClassVar[bool] = False
-    max_lease_seconds: ClassVar[float | None] = None
 
     def __init__(self, settings: Settings, rabbit: RabbitMQSettings) -> None:
         self.settings = settings

@@ -59,7 +59,7 @@ class SqsBroker(Broker):
 
     name: ClassVar[str] = "sqs"
     timed_lease: ClassVar[bool] = True
-    max_lease_seconds: ClassVar[float | None] = float(SQS_MAX_VISIBILITY)
+    max_lease_seconds: float | None = float(SQS_MAX_VISIBILITY)
 
     def __init__(self, settings: Settings, sqs: SqsSettings) -> None:
         self.settings = settings
@@ -72,7 +72,7 @@ class SqsBroker(Broker):
         if sqs.max_lease_seconds != SQS_MAX_VISIBILITY:
             # Per-instance cap (LRT_SQS_MAX_LEASE_SECONDS, for tests and cautious setups): the
             # worker reads ``broker.max_lease_seconds`` and rolls over before it.
-            vars(self)["max_lease_seconds"] = float(sqs.max_lease_seconds)
+            self.max_lease_seconds = float(sqs.max_lease_seconds)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqsBroker:
