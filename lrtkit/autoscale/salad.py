@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import random
 import re
 import time
 import urllib.parse
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from lrtkit.autoscale.http import HttpResponse, TransportError, request
 from lrtkit.autoscale.provider import GroupState
+from lrtkit.backoff import backoff
 from lrtkit.errors import ScalerConfigError, ScalerError
 
 if TYPE_CHECKING:
@@ -257,8 +257,7 @@ class SaladScaler:
         )
 
     def _backoff(self, attempt: int) -> float:
-        base = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
-        return base * (0.5 + random.random() / 2)
+        return backoff(attempt, self.backoff, self.max_backoff)
 
     def _retry_after(self, resp: HttpResponse) -> float | None:
         value = resp.headers.get("retry-after")

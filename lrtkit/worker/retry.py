@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from lrtkit.backoff import backoff as shared_backoff
 from lrtkit.errors import (
     BrokerError,
     ConfigError,
@@ -35,8 +35,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def backoff(attempt: int, first: float = FIRST_PAUSE, cap: float = MAX_PAUSE) -> float:
     """Pause before retry number ``attempt`` (1-based): doubling, capped, with 20% jitter."""
-    pause: float = min(cap, first * 2 ** max(0, attempt - 1))
-    return pause * random.uniform(0.8, 1.0)
+    return shared_backoff(attempt, first, cap, jitter=0.2)
 
 
 def retrying(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Protocol, TypeVar
 import pika
 from pika.adapters.select_connection import SelectConnection
 
+from lrtkit.backoff import backoff
 from lrtkit.errors import BrokerConfigError, BrokerError, ConnectionLost
 from lrtkit_rabbitmq.errors import close_reason, detail, fatal_connection_error
 
@@ -156,7 +156,7 @@ class Link:
                 self._cond.wait(left)
 
     def _run(self) -> None:
-        delay = 0.5
+        failures = 0
         while True:
             with self._cond:
                 if self._stopping or self._fatal is not None:
@@ -185,13 +185,13 @@ class Link:
                 if self._stopping or self._fatal is not None:
                     break
             if self.connections > opened_before:
-                delay = 0.5  # it was up: start the backoff over
-            pause = delay * (0.5 + random.random() / 2)
+                failures = 0  # it was up: start the backoff over
+            failures += 1
+            pause = backoff(failures, 0.5, self._max_delay)
             log.warning(
                 "RabbitMQ at %s: %s; reconnecting in %.1fs", self._where, self._last_error, pause
             )
             self._wake.wait(pause)
-            delay = min(delay * 2, self._max_delay)
         self._wake.set()
 
     def _opened(self, conn: SelectConnection) -> None:

@@ -14,13 +14,13 @@ for five minutes. Whatever still failed is raised together in one
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from lrtkit.backoff import backoff
 from lrtkit.broker import Message
 from lrtkit.errors import (
     BrokerConfigError,
@@ -179,5 +179,4 @@ class Publisher:
         return entry
 
     def _sleep(self, attempt: int) -> None:
-        delay = min(10.0, self.backoff * 2 ** (attempt - 1))
-        time.sleep(delay * random.uniform(0.5, 1.0))
+        time.sleep(backoff(attempt, self.backoff, cap=10.0))
