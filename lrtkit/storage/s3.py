@@ -380,6 +380,24 @@ class S3Storage(Storage):
             for item in page.get("Contents", []):
                 yield self._location.relative(item["Key"])
 
+    def list_children(self, prefix: str) -> Iterator[str]:
+        """One level under ``prefix`` with ``Delimiter="/"``: job folders, not their blobs."""
+        list_prefix = self._location.list_prefix(prefix)
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=list_prefix, Delimiter="/"))
+        names: set[str] = set()
+        while True:
+            page = self._call("ListObjectsV2", list_prefix or None, lambda: next(pages, None))
+            if page is None:
+                break
+            found = [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            found += [item["Key"] for item in page.get("Contents", [])]
+            for key in found:
+                name = self._location.relative(key)[len(prefix) :].strip("/")
+                if name:
+                    names.add(name)
+        yield from sorted(names)
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix`` with DeleteObjects, 1000 keys a call."""
         deleted = 0
