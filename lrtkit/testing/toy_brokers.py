@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from lrtkit.broker import Broker, DeadLetter, Delivery, Depth, Message, SetupReport
 from lrtkit.errors import LeaseLost
+from lrtkit.jobs import job_id_of
 from lrtkit.testing.target import BrokerTarget
 
 if TYPE_CHECKING:
@@ -139,7 +140,9 @@ class MemoryBroker(Broker):
             row_id, row = self._held(delivery)
             del self.store.rows[row_id]
             if self.flaw != "lose_dead_letters":
-                self.store.dead.append(DeadLetter(row.job_id, reason, row.deliveries, row.body))
+                self.store.dead.append(
+                    DeadLetter(job_id_of(row.body), reason, row.deliveries, row.body)
+                )
 
     def depth(self) -> Depth:
         now = time.monotonic()
