@@ -11,15 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from lrtkit.broker import Message
-from lrtkit.cli import cli
-from lrtkit.config import load_settings
 from lrtkit.jobs import JobRecord, JobState, encode_body
-from lrtkit.plugins import load_broker, load_storage
-from lrtkit.records import JobStore
-from lrtkit.testing import unique_name
+from tests.cli_env import CliEnv
 
 RECORD_KEYS = [
     "job_id",
@@ -33,31 +28,7 @@ RECORD_KEYS = [
 ]
 
 
-class Env:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.env = {
-            "LRT_BROKER": "local",
-            "LRT_LOCAL_DB": str(tmp_path / "queue.sqlite3"),
-            "LRT_STORAGE": f"file://{tmp_path / 'store'}",
-            "LRT_QUEUE": unique_name(),
-        }
-        self.settings = load_settings(environ=self.env)
-        self.broker = load_broker(self.settings)
-        self.store = JobStore(load_storage(self.settings))
-
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
-        wide = {"COLUMNS": "200"}  # rich tables fold at 80 columns when not on a terminal
-        result = CliRunner().invoke(cli, list(args), env={**self.env, **wide, **(env or {})})
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
-
-    def json(self, *args: str) -> object:
-        result = self.cli(*args, "--json")
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
-
+class Env(CliEnv):
     def enqueue(self, *job_ids: str) -> None:
         for job_id in job_ids:
             self.store.put(JobRecord(job_id=job_id))

@@ -10,43 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from lrtkit.broker import Broker, Message
 from lrtkit.brokers.local import LocalBroker
-from lrtkit.cli import cli
-from lrtkit.config import load_settings
 from lrtkit.errors import PublishError
 from lrtkit.jobs import JobState, parse_body
-from lrtkit.plugins import load_broker, load_storage
-from lrtkit.records import JobStore
 from lrtkit.storage import layout
 from lrtkit.submit import Row, infer_cell, read_jobs, submit, validate_rows
-from lrtkit.testing import unique_name
+from tests.cli_env import CliEnv
 
 DEMO_HANDLER = "lrtkit.demo.handler:sum_job"
 
 
-class Env:
+class Env(CliEnv):
     """A fresh local queue and file storage, the CLI pointed at them."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.env = {
-            "LRT_BROKER": "local",
-            "LRT_LOCAL_DB": str(tmp_path / "queue.sqlite3"),
-            "LRT_STORAGE": f"file://{tmp_path / 'store'}",
-            "LRT_QUEUE": unique_name(),
-        }
-        self.settings = load_settings(environ=self.env)
-        self.broker = load_broker(self.settings)
-        self.store = JobStore(load_storage(self.settings))
-
-    def cli(self, *args: str, input: str | None = None) -> Result:
-        result = CliRunner().invoke(cli, list(args), env=self.env, input=input)
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
 
     def write(self, name: str, text: str) -> str:
         path = self.tmp / name
