@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import shlex
 import signal
@@ -509,8 +508,12 @@ class WorkerContract:
         workers.state_becomes(job_id, JobState.CANCELLED, heartbeat + 15)
         assert workers.wait_exit(proc, 30) == 0, workers.logs()
         after = [r for r in workers.trace(job_id) if r.at > requested]
-        assert len(after) <= math.ceil(heartbeat / self.tick) + 2, (
-            f"{len(after)} steps ran after the cancel request (heartbeat {heartbeat:.2f}s)"
+        # Within one heartbeat: the cancel is seen at the next beat, and the handler stops at
+        # its next ctx.check(). 1 s of slack covers a slow renewal on a loaded machine.
+        stopped_after = (after[-1].at - requested) if after else 0.0
+        assert stopped_after <= heartbeat + self.tick + 1.0, (
+            f"steps went on for {stopped_after:.2f}s after the cancel request "
+            f"({len(after)} steps; heartbeat {heartbeat:.2f}s)"
         )
         assert not workers.dead_letters()
         workers.depth_becomes((0, 0, 0))
