@@ -10,7 +10,7 @@ Measures, against a real server:
 
     LRT_RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672/%2F python benchmarks/rabbitmq_latency.py
 
-Prints the figures and writes them to ``benchmarks/rabbitmq_latency.results.json``
+Prints the figures and writes them to ``benchmarks/results/rabbitmq_latency.json``
 (``--out`` to change). Every queue it makes is deleted afterwards.
 """
 
@@ -105,7 +105,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--publish", type=int, default=5000)
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).with_name("rabbitmq_latency.results.json")
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "rabbitmq_latency.json",
     )
     args = parser.parse_args()
     queue = unique_name("lrt-bench")

@@ -4,7 +4,7 @@
 
 Starts a moto server (or uses --endpoint / LRT_TEST_MOTO_URL), creates a fresh FIFO queue per
 run with ``ensure()``, publishes ``--jobs`` guide-shaped jobs in batches of 10 and prints
-jobs per second; the figures are saved to ``benchmarks/sqs_publish_results.json``.
+jobs per second; the figures are saved to ``benchmarks/results/sqs_publish.json``.
 
 Against a local moto server the server's own CPU is the limit (one Python process doing work
 that grows with queue depth), so more threads barely help here; they pay off against AWS,
@@ -32,7 +32,7 @@ from lrtkit.plugins import load_broker
 from lrtkit.testing.services import moto_server
 from lrtkit.testing.target import unique_name
 
-RESULTS = Path(__file__).with_name("sqs_publish_results.json")
+RESULTS = Path(__file__).resolve().parent / "results" / "sqs_publish.json"
 
 
 @contextlib.contextmanager
