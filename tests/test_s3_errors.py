@@ -1,13 +1,11 @@
 """Denied access and bad credentials: one clear error naming the bucket and the action.
 
-moto checks signatures and IAM policies once ``INITIAL_NO_AUTH_ACTION_COUNT`` is set: the
-first requests (creating an admin user and its key) go through unchecked, every later one is
-authenticated and authorised. These tests run their own such server.
+They run on a moto server of their own that checks signatures and IAM policies
+(``lrtkit.testing.moto_iam``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from lrtkit.testing import unique_name
 
 pytest.register_assert_rewrite("tests.s3_fixtures")
 
-from lrtkit.testing.services import moto_server  # noqa: E402
+from lrtkit.testing.moto_iam import moto_iam_server  # noqa: E402
 from tests.s3_fixtures import empty_bucket, raw_client  # noqa: E402
 
 MiB = 1024 * 1024
@@ -37,39 +35,15 @@ class AuthServer:
     read_only: tuple[str, str]
 
 
-def _user(iam: object, name: str, actions: list[str]) -> tuple[str, str]:
-    iam.create_user(UserName=name)  # type: ignore[attr-defined]
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
-    }
-    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(policy))  # type: ignore[attr-defined]
-    key = iam.create_access_key(UserName=name)["AccessKey"]  # type: ignore[attr-defined]
-    return key["AccessKeyId"], key["SecretAccessKey"]
-
-
 @pytest.fixture(scope="module")
 def auth_server() -> Iterator[AuthServer]:
-    import boto3
-
-    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as url:
-
-        def iam_client(key_id: str, secret: str) -> object:
-            return boto3.client(
-                "iam",
-                endpoint_url=url,
-                region_name="us-east-1",
-                aws_access_key_id=key_id,
-                aws_secret_access_key=secret,
-            )
-
-        admin = _user(iam_client("x", "y"), "admin", ["*"])  # the 3 unchecked requests
-        read_only = _user(iam_client(*admin), "reader", ["s3:GetObject", "s3:ListBucket"])
+    with moto_iam_server() as moto:
+        read_only = moto.user("reader", ["s3:GetObject", "s3:ListBucket"])
         bucket = unique_name("lrt-auth")
-        client = raw_client(url, key_id=admin[0], secret=admin[1])
+        client = raw_client(moto.url, key_id=moto.admin[0], secret=moto.admin[1])
         client.create_bucket(Bucket=bucket)
         try:
-            yield AuthServer(url, bucket, admin, read_only)
+            yield AuthServer(moto.url, bucket, moto.admin, read_only)
         finally:
             empty_bucket(client, bucket)
 

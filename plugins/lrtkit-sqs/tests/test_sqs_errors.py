@@ -1,21 +1,14 @@
 """Denied permissions and bad credentials: one clear ``BrokerConfigError`` naming what to fix.
 
-moto checks signatures and IAM policies once ``INITIAL_NO_AUTH_ACTION_COUNT`` is set: the first
-requests (an admin user and its key) go through unchecked, every later one is authenticated
-and authorised. These tests run their own such server.
+They run on a moto server of their own that checks signatures and IAM policies
+(``lrtkit.testing.moto_iam``).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import boto3
 import pytest
 from lrtkit_sqs.broker import SqsBroker
 
@@ -23,7 +16,7 @@ from lrtkit.config import load_settings
 from lrtkit.errors import BrokerConfigError
 from lrtkit.plugins import load_broker
 from lrtkit.testing.broker_contract import job
-from lrtkit.testing.services import free_port, wait_http
+from lrtkit.testing.moto_iam import moto_iam_server
 from lrtkit.testing.target import unique_name
 
 # moto asks for sqs:SendMessageBatch by that name; AWS authorises batches as sqs:SendMessage.
@@ -36,17 +29,6 @@ class AuthServer:
     queue: str
     admin: tuple[str, str]
     submitter: tuple[str, str]
-
-
-def _user(iam: Any, name: str, actions: list[str]) -> tuple[str, str]:
-    iam.create_user(UserName=name)
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
-    }
-    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=name)["AccessKey"]
-    return key["AccessKeyId"], key["SecretAccessKey"]
 
 
 def broker_for(server: AuthServer, key_id: str, secret: str) -> SqsBroker:
@@ -66,35 +48,12 @@ def broker_for(server: AuthServer, key_id: str, secret: str) -> SqsBroker:
 
 @pytest.fixture(scope="module")
 def auth_server() -> Iterator[AuthServer]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/moto-api/")
-
-        def iam(key_id: str, secret: str) -> Any:
-            return boto3.client(
-                "iam",
-                endpoint_url=url,
-                region_name="us-east-1",
-                aws_access_key_id=key_id,
-                aws_secret_access_key=secret,
-            )
-
-        admin = _user(iam("x", "y"), "admin", ["*"])  # the 3 unchecked requests
-        submitter = _user(iam(*admin), "job-submitter", SUBMITTER)
-        server = AuthServer(url, unique_name(), admin, submitter)
-        with broker_for(server, *admin) as broker:
+    with moto_iam_server() as moto:
+        submitter = moto.user("job-submitter", SUBMITTER)
+        server = AuthServer(moto.url, unique_name(), moto.admin, submitter)
+        with broker_for(server, *moto.admin) as broker:
             broker.ensure()
         yield server
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_admin_keys_work(auth_server: AuthServer) -> None:
