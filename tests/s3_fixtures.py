@@ -8,6 +8,7 @@ conftest's file-storage one; a plugin fixture would not).
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -109,3 +110,18 @@ def s3_storage(s3_target: StorageTarget) -> S3Storage:
     storage = s3_target.storage()
     assert isinstance(storage, S3Storage)
     return storage
+
+
+def when_a_part_is_uploaded(client: S3Client, bucket: str, thread: threading.Thread) -> bool:
+    """Wait while ``thread`` runs until a multipart upload in ``bucket`` has a part stored.
+
+    True once it has (the upload is half-way: the caller then breaks something), False if the
+    thread finished first.
+    """
+    while thread.is_alive():
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        if uploads and client.list_parts(
+            Bucket=bucket, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]
+        ).get("Parts"):
+            return True
+    return False

@@ -24,7 +24,12 @@ from lrtkit.testing import StorageTarget, unique_name
 
 pytest.register_assert_rewrite("tests.s3_fixtures")
 
-from tests.s3_fixtures import KEYS, raw_client, temporary_bucket  # noqa: E402
+from tests.s3_fixtures import (  # noqa: E402
+    KEYS,
+    raw_client,
+    temporary_bucket,
+    when_a_part_is_uploaded,
+)
 
 pytest_plugins = ["tests.s3_fixtures"]
 
@@ -241,18 +246,13 @@ def test_checkpoint_upload_failure_is_an_error_not_a_silent_miss(
 
         thread = threading.Thread(target=save)
         thread.start()
-        deleted = False
-        while thread.is_alive() and not deleted:
-            uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-            if uploads and client.list_parts(
-                Bucket=bucket, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]
-            ).get("Parts"):
-                client.delete_objects(
-                    Bucket=bucket,
-                    Delete={"Objects": [{"Key": "p/" + layout.manifest_key("job-1")}]},
-                )
-                client.delete_bucket(Bucket=bucket)
-                deleted = True
+        deleted = when_a_part_is_uploaded(client, bucket, thread)
+        if deleted:
+            client.delete_objects(
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": "p/" + layout.manifest_key("job-1")}]},
+            )
+            client.delete_bucket(Bucket=bucket)
         thread.join(60)
         assert deleted, "the save finished before the bucket could be deleted"
         assert returned == []

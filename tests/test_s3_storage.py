@@ -28,7 +28,12 @@ from lrtkit.testing import StorageTarget, unique_name
 
 pytest.register_assert_rewrite("tests.s3_fixtures")
 
-from tests.s3_fixtures import KEYS, raw_client, temporary_bucket  # noqa: E402
+from tests.s3_fixtures import (  # noqa: E402
+    KEYS,
+    raw_client,
+    temporary_bucket,
+    when_a_part_is_uploaded,
+)
 
 pytest_plugins = ["tests.s3_fixtures"]
 
@@ -271,14 +276,9 @@ def test_bucket_deleted_mid_upload_raises(s3_moto_url: str, tmp_path: Path) -> N
 
         thread = threading.Thread(target=upload)
         thread.start()
-        deleted = False
-        while thread.is_alive() and not deleted:
-            uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-            if uploads and client.list_parts(
-                Bucket=bucket, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]
-            ).get("Parts"):
-                client.delete_bucket(Bucket=bucket)
-                deleted = True
+        deleted = when_a_part_is_uploaded(client, bucket, thread)
+        if deleted:
+            client.delete_bucket(Bucket=bucket)
         thread.join(60)
         assert deleted, "the upload finished before the bucket could be deleted"
         assert len(errors) == 1
