@@ -222,3 +222,38 @@ def test_rollover_retried_after_a_failed_delete(lrt_broker_target: BrokerTarget)
     assert json.loads(duplicate.body) == {"job_id": "retry-1"}
     holder.ack(duplicate)
     depth_becomes(holder, (0, 0, 0))
+
+
+def test_rollover_behind_waiting_jobs_costs_them_at_most_one_receive(
+    sqs_env: dict[str, str], queue_cleanup: Any
+) -> None:
+    # The copy heads its own group, not the queue: older jobs of other groups come first. They
+    # must stay hidden while the holder searches, or each pass re-receives them until SQS
+    # dead-letters them (maxReceiveCount = 3 here) without ever running them.
+    from lrtkit_sqs.setup import dlq_name, fifo_name
+
+    env = {**sqs_env, "LRT_MAX_DELIVERIES": "3", "LRT_SQS_MAX_LEASE_SECONDS": str(CAP)}
+    queue_cleanup(fifo_name(env["LRT_QUEUE"]))
+    queue_cleanup(dlq_name(env["LRT_QUEUE"]))
+    target = BrokerTarget(env=env)
+    try:
+        holder = sqs(target, lease=8.0)
+        holder.ensure()
+        holder.publish([job("long-1")])
+        delivery = holder.receive(5)
+        assert delivery is not None
+        holder.publish([job(f"wait-{i:02d}") for i in range(25)])
+        holder.rollover(delivery)
+        assert json.loads(delivery.body)["job_id"] == "long-1"
+        holder.ack(delivery)
+        assert holder.dead_letters() == []
+        seen: dict[str, int] = {}
+        while len(seen) < 25:
+            waiting = holder.receive(5)
+            assert waiting is not None, f"only {len(seen)} of 25 waiting jobs came back"
+            seen[json.loads(waiting.body)["job_id"]] = waiting.delivery_count
+            holder.ack(waiting)
+        assert max(seen.values()) <= 2, seen
+        assert holder.dead_letters() == []
+    finally:
+        target.close()

@@ -12,8 +12,9 @@ anyone else see it first is to replace it:
    the copy behind the original in its group: nobody can receive it yet.
 2. **Delete the original**, only once the copy is durable. The job is never out of the queue.
 3. **Receive until the copy comes back** (its token matches). The copy heads its group now, so
-   it is normally the first or one of the first messages received; messages of other jobs
-   received meanwhile are made visible again at once (``ChangeMessageVisibilityBatch`` to 0).
+   the copy heads its own group, not the queue, so messages of other jobs may come first:
+   they are kept hidden until the search ends and then made visible again together
+   (``ChangeMessageVisibilityBatch`` to 0), so each costs at most one extra receive.
    ``delivery`` is updated in place: new receipt, new 12-hour window, fresh lease deadline.
 
 Between steps 2 and 3 another worker may receive the copy. The worker wrote the job record's
@@ -114,10 +115,27 @@ def roll_over(broker: SqsBroker, delivery: Delivery) -> None:
 
 
 def _take_back(broker: SqsBroker, delivery: Delivery, tokens: set[str]) -> None:
+    deadline = time.monotonic() + search_budget(broker)
+    # Messages of other jobs stay hidden until the search ends: released after each pass, the
+    # oldest waiting jobs would come back on every receive, each pass adding one to their
+    # ApproximateReceiveCount until SQS dead-lettered them unrun.
+    passed_over: list[str] = []
+    try:
+        _search(broker, delivery, tokens, deadline, passed_over)
+    finally:
+        show_again(broker, passed_over)
+
+
+def _search(
+    broker: SqsBroker,
+    delivery: Delivery,
+    tokens: set[str],
+    deadline: float,
+    passed_over: list[str],
+) -> None:
     q = broker.queues
     h = broker.handle_of(delivery)
-    deadline = time.monotonic() + search_budget(broker)
-    passed_over = receives = 0
+    receives = 0
     while time.monotonic() < deadline:
         receives += 1
         started = time.monotonic()
@@ -139,8 +157,7 @@ def _take_back(broker: SqsBroker, delivery: Delivery, tokens: set[str]) -> None:
                 mine = msg
             else:
                 others.append(msg["ReceiptHandle"])
-        passed_over += len(others)
-        show_again(broker, others)
+        passed_over.extend(others)
         if mine is not None:
             fresh = broker.delivery_of(mine, started)
             delivery.handle = fresh.handle
@@ -151,15 +168,16 @@ def _take_back(broker: SqsBroker, delivery: Delivery, tokens: set[str]) -> None:
                 "sqs rollover: copy of %s back after %d receive(s), %d other(s) passed over",
                 h.group_id,
                 receives,
-                passed_over,
+                len(passed_over),
             )
             return
     delivery.lost = True
     log.warning("sqs rollover: copy of %s not back after %d receive(s)", h.group_id, receives)
     raise LeaseLost(
         f"rollover: the continuation copy was not received back within "
-        f"{search_budget(broker):g}s ({passed_over} messages of other jobs passed over); it is "
-        "in the queue and the job resumes from its checkpoint once this holder's hold expires"
+        f"{search_budget(broker):g}s ({len(passed_over)} messages of other jobs passed over); "
+        "it is in the queue and the job resumes from its checkpoint once this holder's hold "
+        "expires"
     )
 
 
@@ -168,14 +186,16 @@ def show_again(broker: SqsBroker, receipts: list[str], hide: int = 0) -> None:
     if not receipts:
         return
     q = broker.queues
-    # If this fails they come back by themselves when their short lease runs out.
-    with contextlib.suppress(BrokerError):
-        broker.api.call(
-            "change_message_visibility_batch",
-            f"queue {q.name} (rollover)",
-            QueueUrl=q.url,
-            Entries=[
-                {"Id": f"r{i}", "ReceiptHandle": r, "VisibilityTimeout": hide}
-                for i, r in enumerate(receipts)
-            ],
-        )
+    # AWS takes at most 10 entries a batch. If a call fails, those messages come back by
+    # themselves when their short lease runs out.
+    for start in range(0, len(receipts), 10):
+        with contextlib.suppress(BrokerError):
+            broker.api.call(
+                "change_message_visibility_batch",
+                f"queue {q.name} (rollover)",
+                QueueUrl=q.url,
+                Entries=[
+                    {"Id": f"r{i}", "ReceiptHandle": r, "VisibilityTimeout": hide}
+                    for i, r in enumerate(receipts[start : start + 10])
+                ],
+            )
