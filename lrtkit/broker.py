@@ -108,11 +108,15 @@ class Broker(ABC):
       local). False where the lease is the connection (RabbitMQ).
     * ``max_lease_seconds``: the longest single lease the broker grants (SQS: 12 h from
       receipt), or ``None``. An instance may lower it from its settings.
+    * ``counts_in_flight``: ``depth().in_flight`` counts exactly the jobs held by workers.
+      False where the broker cannot tell a busy worker from an idle one (RabbitMQ without its
+      management API counts consumers); the autoscaler refuses to size a fleet from that.
     """
 
     name: ClassVar[str] = "broker"
     timed_lease: ClassVar[bool] = True
     max_lease_seconds: float | None = None
+    counts_in_flight: bool = True
 
     @classmethod
     @abstractmethod

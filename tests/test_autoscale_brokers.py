@@ -8,12 +8,14 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from lrtkit.autoscale.autoscaler import Autoscaler
 from lrtkit.broker import Broker, Message
 from lrtkit.config import load_settings
+from lrtkit.errors import ScalerConfigError
 from lrtkit.plugins import BROKERS, installed, load_broker
 from lrtkit.testing import service_unavailable, unique_name
 from lrtkit.testing.fake_salad import FakeSaladAPI
@@ -79,6 +81,23 @@ def rabbitmq_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_management_url() -> Iterator[str]:
+    """The management API (the autoscaler reads in-flight jobs from it on RabbitMQ)."""
+    given = os.environ.get("LRT_TEST_RABBITMQ_MANAGEMENT_URL")
+    if given:
+        yield given
+        return
+    url = os.environ.get("LRT_TEST_RABBITMQ_URL", "")
+    parts = urlsplit(url)
+    if "rabbitmq" not in installed(BROKERS) or parts.hostname not in {"127.0.0.1", "localhost"}:
+        service_unavailable("the RabbitMQ management API (set LRT_TEST_RABBITMQ_MANAGEMENT_URL)")
+    from lrtkit_rabbitmq.testing import management_plugin
+
+    with management_plugin(parts.username or "guest", parts.password or "guest") as management:
+        yield management
+
+
 def _delete_rabbitmq_queue(url: str, queue: str) -> None:
     import pika
     from lrtkit_rabbitmq.settings import RabbitMQSettings
@@ -95,11 +114,32 @@ def _delete_rabbitmq_queue(url: str, queue: str) -> None:
             connection.close()
 
 
-def test_depth_from_rabbitmq(api: FakeSaladAPI, rabbitmq_url: str, tmp_path: Path) -> None:
+def test_rabbitmq_without_management_api_is_refused_clearly(
+    api: FakeSaladAPI, rabbitmq_url: str, tmp_path: Path
+) -> None:
+    # Over AMQP alone RabbitMQ counts consumers, idle pollers included: a fleet sized from
+    # that could never scale in, so the autoscaler says what to set instead.
+    env = {
+        "LRT_BROKER": "rabbitmq",
+        "LRT_RABBITMQ_URL": rabbitmq_url,
+        "LRT_QUEUE": unique_name(),
+        "LRT_STORAGE": f"file://{tmp_path / 'store'}",
+        **api.environ(GROUP),
+    }
+    with pytest.raises(ScalerConfigError, match="LRT_RABBITMQ_MANAGEMENT_URL"):
+        scale_once(env)
+    assert api.calls_to("PATCH") == []  # nothing was changed
+    assert api.calls_to("POST") == []
+
+
+def test_depth_from_rabbitmq(
+    api: FakeSaladAPI, rabbitmq_url: str, rabbitmq_management_url: str, tmp_path: Path
+) -> None:
     queue = unique_name()
     env = {
         "LRT_BROKER": "rabbitmq",
         "LRT_RABBITMQ_URL": rabbitmq_url,
+        "LRT_RABBITMQ_MANAGEMENT_URL": rabbitmq_management_url,
         "LRT_QUEUE": queue,
         "LRT_STORAGE": f"file://{tmp_path / 'store'}",
         **api.environ(GROUP),
@@ -111,13 +151,11 @@ def test_depth_from_rabbitmq(api: FakeSaladAPI, rabbitmq_url: str, tmp_path: Pat
         broker.publish(jobs(5))
         held = broker.receive(5)
         assert held is not None
-        decision: dict[str, object] = {}
-        deadline = time.monotonic() + 10  # the queue's counters settle within moments
-        while time.monotonic() < deadline:
-            decision = scale_once(env)
-            if decision["waiting"] == 4:
-                break
-            time.sleep(0.2)
+        # The management API refreshes its counters every few seconds (5 s by default).
+        deadline = time.monotonic() + 30
+        while broker.depth()[:2] != (4, 1) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        decision = scale_once(env)
         assert decision["waiting"] == 4
         assert decision["in_flight"] == 1
         assert (decision["desired"], decision["action"]) == (5, "start")

@@ -35,7 +35,7 @@ from lrtkit.autoscale.provider import (
     replica_limit,
 )
 from lrtkit.autoscale.state import StateStore
-from lrtkit.errors import ConfigError, LrtError
+from lrtkit.errors import ConfigError, LrtError, ScalerConfigError
 
 if TYPE_CHECKING:
     from lrtkit.broker import Broker
@@ -82,6 +82,13 @@ class Autoscaler:
         scaler = check_provider(name, load_scaler(name, settings))
         store = StateStore(load_storage(settings), settings.queue)
         broker = load_broker(settings)
+        if not broker.counts_in_flight:
+            broker.close()
+            raise ScalerConfigError(
+                f"the {settings.broker} broker cannot count in-flight jobs as configured: it "
+                "would see idle workers as busy and never scale the fleet in; for RabbitMQ set "
+                "LRT_RABBITMQ_MANAGEMENT_URL (the management API gives the unacked count)"
+            )
         return cls(
             broker=broker,
             provider=scaler,

@@ -7,18 +7,16 @@ else the tests are skipped (or fail under ``LRT_REQUIRE_BROKERS=1``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-from lrtkit_rabbitmq.testing import RabbitServer, delete_queue_set
+from lrtkit_rabbitmq.testing import RabbitServer, delete_queue_set, management_plugin
 
 from lrtkit.testing import BrokerTarget, service_unavailable, unique_name
-from lrtkit.testing.services import docker_available, wait_http
+from lrtkit.testing.services import docker_available
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +33,7 @@ def rabbit_server() -> Iterator[RabbitServer]:
             return
         # A local server without a management URL: enable the management plugin for this
         # session (so its tests run rather than skip) and put the server back as it was.
-        with _management_plugin(parts.username or "guest", parts.password or "guest") as mgmt:
+        with management_plugin(parts.username or "guest", parts.password or "guest") as mgmt:
             yield RabbitServer(url, mgmt, local_ctl=local_ctl)
         return
     if not docker_available():
@@ -50,34 +48,6 @@ def rabbit_server() -> Iterator[RabbitServer]:
         port = container.get_exposed_port(5672)
         management = f"http://guest:guest@{host}:{container.get_exposed_port(15672)}"
         yield RabbitServer(f"amqp://guest:guest@{host}:{port}/%2F", management)
-
-
-@contextlib.contextmanager
-def _management_plugin(user: str, password: str) -> Iterator[str]:
-    listed = subprocess.run(
-        ["rabbitmq-plugins", "list", "-e", "-m"], capture_output=True, text=True, check=False
-    )
-    was_enabled = "rabbitmq_management" in listed.stdout.split()
-    url = f"http://{user}:{password}@127.0.0.1:15672"
-    try:
-        if not was_enabled:
-            subprocess.run(
-                ["rabbitmq-plugins", "enable", "rabbitmq_management"],
-                capture_output=True,
-                check=True,
-            )
-        try:
-            wait_http("http://127.0.0.1:15672/api/overview", timeout=60)
-        except TimeoutError:
-            service_unavailable("the RabbitMQ management API on 127.0.0.1:15672")
-        yield url
-    finally:
-        if not was_enabled:
-            subprocess.run(
-                ["rabbitmq-plugins", "disable", "rabbitmq_management"],
-                capture_output=True,
-                check=False,
-            )
 
 
 @pytest.fixture

@@ -118,6 +118,8 @@ class RabbitMQBroker(Broker):
             self.management = Management(
                 rabbit.management_url.get_secret_value(), self._url, vhost_of(self._url)
             )
+        # Without the management API in-flight is the consumer count, idle pollers included.
+        self.counts_in_flight = self.management is not None
         self.session = Session(settings.queue, self)
         self.link = Link(
             partial(connection_parameters, rabbit, heartbeat=self._heartbeat, role="worker"),

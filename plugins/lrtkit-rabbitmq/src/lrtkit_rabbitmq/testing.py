@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pika
 import pytest
+
+from lrtkit.testing import service_unavailable
+from lrtkit.testing.services import wait_http
 
 
 @dataclass(frozen=True)
@@ -86,3 +90,36 @@ def restore_consumer_timeout(original: str) -> None:
         return
     value = original.removeprefix("{ok,").removesuffix("}")
     ctl("eval", f"application:set_env(rabbit, consumer_timeout, {value}).")
+
+
+@contextlib.contextmanager
+def management_plugin(user: str, password: str) -> Iterator[str]:
+    """The management API of the local server for a while; yields its URL with credentials.
+
+    Enables the ``rabbitmq_management`` plugin if it is off, and disables it again afterwards,
+    so the server is left as it was found.
+    """
+    listed = subprocess.run(
+        ["rabbitmq-plugins", "list", "-e", "-m"], capture_output=True, text=True, check=False
+    )
+    was_enabled = "rabbitmq_management" in listed.stdout.split()
+    url = f"http://{user}:{password}@127.0.0.1:15672"
+    try:
+        if not was_enabled:
+            subprocess.run(
+                ["rabbitmq-plugins", "enable", "rabbitmq_management"],
+                capture_output=True,
+                check=True,
+            )
+        try:
+            wait_http("http://127.0.0.1:15672/api/overview", timeout=60)
+        except TimeoutError:
+            service_unavailable("the RabbitMQ management API on 127.0.0.1:15672")
+        yield url
+    finally:
+        if not was_enabled:
+            subprocess.run(
+                ["rabbitmq-plugins", "disable", "rabbitmq_management"],
+                capture_output=True,
+                check=False,
+            )
