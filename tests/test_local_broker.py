@@ -257,3 +257,25 @@ def test_usable_again_after_close(tmp_path: Path) -> None:
 
 def test_contract_fixture_is_the_local_broker(lrt_broker_target: BrokerTarget) -> None:
     assert isinstance(lrt_broker_target.broker(), LocalBroker)
+
+
+def test_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
+    # The worker runs every job (and its lease keeper) on new threads: a connection left open
+    # per ended thread would exhaust the process's file descriptors over a long run.
+    broker = LocalBroker(tmp_path / "q.db", "q", lease_seconds=5)
+    broker.ensure()
+    broker.publish([Message(f"t{i}", b"{}") for i in range(50)])
+
+    def one_job() -> None:
+        delivery = broker.receive(1)
+        assert delivery is not None
+        broker.ack(delivery)
+
+    for _ in range(50):
+        thread = threading.Thread(target=one_job)
+        thread.start()
+        thread.join()
+    open_connections = len(broker._connections)
+    assert broker.depth() == (0, 0, 0)
+    broker.close()
+    assert open_connections <= 2, f"{open_connections} connections still open after 50 threads"

@@ -35,6 +35,7 @@ with out.open("w") as acks:
         broker.ack(delivery)
         acks.write(delivery.body.decode() + "\n")
         acks.flush()
+        time.sleep(0.001)  # a real worker works between receives: the other racer gets turns
 broker.close()
 print("DONE", flush=True)
 """

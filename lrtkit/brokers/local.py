@@ -110,7 +110,7 @@ class LocalBroker(Broker):
         self.max_deliveries = int(max_deliveries)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._pid = os.getpid()
         self._schema_ready = False
 
@@ -142,7 +142,17 @@ class LocalBroker(Broker):
             conn = self._open()
             self._local.conn = conn
             with self._lock:
-                self._connections.append(conn)
+                # The worker starts threads per job: close the connections of threads that
+                # have ended, or a long-running worker runs out of file descriptors.
+                alive = []
+                for thread, old in self._connections:
+                    if thread.is_alive():
+                        alive.append((thread, old))
+                    else:
+                        with contextlib.suppress(sqlite3.Error):
+                            old.close()
+                alive.append((threading.current_thread(), conn))
+                self._connections = alive
         if not self._schema_ready:
             self._create_schema(conn)
             self._schema_ready = True
@@ -252,7 +262,7 @@ class LocalBroker(Broker):
             self._local = threading.local()
             mine = os.getpid() == self._pid
         if mine:
-            for conn in connections:
+            for _thread, conn in connections:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
 
