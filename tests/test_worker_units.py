@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import textwrap
 import time
 from datetime import UTC, datetime
@@ -116,6 +117,10 @@ def test_load_handler_reports_import_errors_and_bad_annotations(in_tmp: Path) ->
         load_handler(f"{odd}:fn")
     with pytest.raises(ConfigError, match="3 arguments"):
         load_handler(f"{odd}:many")
+    quits = f"quits_{time.time_ns()}"
+    write_module(in_tmp, quits, "import sys\nsys.exit(3)\n")
+    with pytest.raises(ConfigError, match="SystemExit"):
+        load_handler(f"{quits}:fn")  # a clear error (exit 2), not the module's own exit code
 
 
 # -- JobContext, outcomes, logging -----------------------------------------------------------------
@@ -495,7 +500,7 @@ def test_handler_taking_only_the_job(in_tmp: Path) -> None:
     name = f"behaviours_{time.time_ns()}"
     write_module(in_tmp, name, BEHAVIOURS)
     store = serve(in_tmp, f"{name}:bare", {"j": {"b": 1, "a": 2}})
-    assert store.get_result("j") == ["a", "b"]
+    assert store.get_result("j") == ["a", "b", "job_id"]  # the body as a dict (DESIGN)
 
 
 def test_node_reporter_hears_busy_idle_and_failures(tmp_path: Path) -> None:
@@ -628,3 +633,27 @@ def test_console_script_imports_from_cwd_and_exits_0_on_sigterm(tmp_path: Path) 
             proc.kill()
         proc.wait()
         broker.close()
+
+
+def test_a_handler_without_a_model_gets_the_whole_body(tmp_path: Path) -> None:
+    # DESIGN: the body as a dict. The guides' handlers read job["job_id"] themselves.
+    (tmp_path / "guide_style.py").write_text(
+        "def work(job, ctx):\n    return {'seen': sorted(job), 'job_id': job['job_id']}\n"
+    )
+    settings = settings_for(tmp_path, LRT_LEASE_SECONDS="3")
+    broker = LocalBroker(tmp_path / "q.db", "q", lease_seconds=3)
+    broker.ensure()
+    store = JobStore(FileStorage(tmp_path / "store"))
+    broker.publish([Message("g-1", encode_body("g-1", {"steps": 3}))])
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code = run_worker(settings, handler="guide_style:work", max_jobs=1)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("guide_style", None)
+    assert code == 0
+    record = store.get("g-1")
+    assert record is not None
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert record.result == {"seen": ["job_id", "steps"], "job_id": "g-1"}
+    broker.close()

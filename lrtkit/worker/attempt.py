@@ -59,6 +59,10 @@ class Attempt:
         self.final_lock = threading.Lock()
         self.finalized = False
         self._pending_stop: str | None = None
+        # request_stop (signal handler, main thread) against attach (job thread): without it a
+        # stop landing mid-attach could be remembered after attach looked and never delivered.
+        # Re-entrant, so a signal arriving on a thread that holds it cannot deadlock.
+        self._stop_lock = threading.RLock()
 
     @property
     def attempt_number(self) -> int:
@@ -68,16 +72,19 @@ class Attempt:
 
     def request_stop(self, reason: str) -> None:
         """Ask the job to stop (remembered if the handler has not started yet)."""
-        if self.ctx is not None:
-            self.ctx.request_stop(reason)
-        else:
-            self._pending_stop = reason
+        with self._stop_lock:
+            if self.ctx is not None:
+                self.ctx.request_stop(reason)
+            else:
+                self._pending_stop = reason
 
     def attach(self, ctx: JobContext, checkpoint: Checkpoint) -> None:
-        self.ctx = ctx
-        self.checkpoint = checkpoint
-        if self._pending_stop is not None:
-            ctx.request_stop(self._pending_stop)
+        with self._stop_lock:
+            self.ctx = ctx
+            self.checkpoint = checkpoint
+            pending = self._pending_stop
+        if pending is not None:
+            ctx.request_stop(pending)
         if self.lost.is_set():
             ctx.request_stop(LEASE_LOST)
             self._revoke()

@@ -118,7 +118,7 @@ class CommandTask:
         self.checkpoint_interval = checkpoint_interval
         self.grace_seconds = grace_seconds
 
-    def validate(self, payload: dict[str, Any]) -> Any:
+    def validate(self, job_id: str, payload: dict[str, Any]) -> Any:
         return payload
 
     def run(self, attempt: Attempt, ctx: JobContext, job: Any) -> Any:

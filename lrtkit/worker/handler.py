@@ -44,7 +44,7 @@ def _import(spec: str) -> Callable[..., Any]:
                 f"(looked in the current directory {os.getcwd()} and on sys.path)"
             ) from None
         raise ConfigError(f"handler {spec!r}: importing {module_name!r} failed: {exc}") from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() on import too
         raise ConfigError(
             f"handler {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from exc

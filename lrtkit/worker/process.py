@@ -105,7 +105,7 @@ class JobProcessor:
         if cancel:
             return self.end.cancelled(attempt, keeper)
         try:
-            job = self.task.validate(payload)
+            job = self.task.validate(job_id, payload)
         except InvalidJob as exc:
             return self.end.dead_letter_now(attempt, keeper, f"invalid job: {exc}", record)
         return self._run(attempt, keeper, job, record)

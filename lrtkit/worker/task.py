@@ -20,7 +20,7 @@ class Task(Protocol):
 
     name: str
 
-    def validate(self, payload: dict[str, Any]) -> Any:
+    def validate(self, job_id: str, payload: dict[str, Any]) -> Any:
         """The payload as the task wants it; :class:`~lrtkit.errors.InvalidJob` if it is bad."""
 
     def run(self, attempt: Attempt, ctx: JobContext, job: Any) -> Any:
@@ -48,7 +48,10 @@ class PythonTask:
         self.fn, self.model = load_handler(spec)
         self._with_ctx = wants_context(self.fn)
 
-    def validate(self, payload: dict[str, Any]) -> Any:
+    def validate(self, job_id: str, payload: dict[str, Any]) -> Any:
+        """The payload model, or without one the body as a dict (``job_id`` included)."""
+        if self.model is None:
+            return {"job_id": job_id, **payload}
         return validate_payload(payload, self.model)
 
     def run(self, attempt: Attempt, ctx: JobContext, job: Any) -> Any:
