@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import textwrap
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -656,4 +657,50 @@ def test_a_handler_without_a_model_gets_the_whole_body(tmp_path: Path) -> None:
     assert record is not None
     assert record.state == JobState.SUCCEEDED, record.error
     assert record.result == {"seen": ["job_id", "steps"], "job_id": "g-1"}
+    broker.close()
+
+
+def test_progress_metric_that_is_not_json_fails_the_handler_clearly(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    ctx.progress(1, 2, loss=0.5)
+    with pytest.raises(TypeError, match="'weights' is a bytes"):
+        ctx.progress(2, 2, weights=b"\x00")
+
+
+def test_a_job_whose_finish_crashes_is_handed_back_not_left_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An error of no lrtkit kind while the job ends (the disk fills up once while uploading
+    # artifacts) must release the delivery for a retry at once, not leave it held until its
+    # lease runs out: with a 10-minute lease the retry has to come from the release.
+    real_upload = JobStore.upload_artifacts
+    calls: list[str] = []
+
+    def disk_full_once(self: JobStore, job_id: str, folder: Path) -> int:
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real_upload(self, job_id, folder)
+
+    monkeypatch.setattr(JobStore, "upload_artifacts", disk_full_once)
+    settings = settings_for(tmp_path, LRT_LEASE_SECONDS="600", LRT_RETRY_BACKOFF_SECONDS="0")
+    broker = LocalBroker(tmp_path / "q.db", "q", lease_seconds=600)
+    broker.ensure()
+    store = JobStore(FileStorage(tmp_path / "store"))
+    broker.publish([Message("full-1", encode_body("full-1", {"steps": 2, "tick": 0}))])
+    worker = threading.Thread(
+        target=run_worker,
+        args=(settings,),
+        kwargs={"handler": "lrtkit.testing.handlers:sum_job", "max_jobs": 1},
+        daemon=True,
+    )
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the delivery was left held after the worker's own error"
+    record = store.get("full-1")
+    assert record is not None
+    assert record.state == JobState.SUCCEEDED
+    assert record.attempts == 2
+    assert len(calls) == 2
+    assert broker.depth() == (0, 0, 0)
     broker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,19 @@ class JobContext:
             raise Stop(self._stop_reason or SHUTDOWN)
 
     def progress(self, done: float, total: float | None = None, **metrics: Any) -> None:
-        """Report progress; the heartbeat writes the newest report to the job record."""
+        """Report progress; the heartbeat writes the newest report to the job record.
+
+        Raises ``TypeError`` naming the metric when a value cannot be stored as JSON (here, in
+        the handler, rather than later when the record is written).
+        """
+        for name, value in metrics.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"ctx.progress metric {name!r} is a {type(value).__name__}, which cannot be "
+                    f"stored as JSON: {exc}"
+                ) from None
         with self._lock:
             self._progress = Progress(done=done, total=total, metrics=metrics)
             self._progress_dirty = True

@@ -87,7 +87,7 @@ class Endings:
         except LeaseLost as exc:
             attempt.lose(str(exc))
             return Outcome.INTERRUPTED
-        except LrtError as exc:
+        except Exception as exc:  # noqa: BLE001 - storage, a full disk, a record it rejects
             # Not done: let the job come back (the checkpoint makes the rerun short).
             attempt.log.event(WARNING, "job.finish_failed", error=f"{type(exc).__name__}: {exc}")
             self._release(attempt, keeper, self.settings.retry_backoff_seconds)
@@ -233,6 +233,12 @@ class Endings:
             # Connection trouble: the local deadline (checked by extend) still protects us.
             attempt.log.event(WARNING, "lease.confirm_failed", error=f"{type(exc).__name__}: {exc}")
         return True
+
+    def crashed(self, attempt: Attempt, keeper: LeaseKeeper) -> None:
+        """The worker's own code failed on this job: hand it back (after a backoff) unless
+        someone already ended the delivery, so it is never left held until the lease runs out."""
+        if attempt.claim_final():
+            self._release(attempt, keeper, self.settings.retry_backoff_seconds)
 
     def _release(self, attempt: Attempt, keeper: LeaseKeeper, delay: float) -> None:
         self.final_broker_op(

@@ -10,6 +10,7 @@ for a lease to run out. A second signal exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -234,6 +235,8 @@ class Worker:
             outcome = self.processor.handle(attempt, keeper)
         except BaseException as exc:
             attempt.log.error("job.crashed", exc_info=exc)
+            with contextlib.suppress(Exception):
+                self.processor.end.crashed(attempt, keeper)
         finally:
             with self._lock:
                 self._running.pop(attempt, None)
