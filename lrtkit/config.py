@@ -20,7 +20,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -107,7 +115,9 @@ class Settings(_LrtBaseSettings):
     )
     checkpoint_keep: int = Field(2, ge=1, validation_alias=_env("LRT_CHECKPOINT_KEEP"))
     local_db: Path = Field(Path("./.lrtkit/queue.sqlite3"), validation_alias=_env("LRT_LOCAL_DB"))
-    log_level: str = Field("INFO", validation_alias=_env("LRT_LOG_LEVEL"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", validation_alias=_env("LRT_LOG_LEVEL")
+    )
     log_format: Literal["text", "json"] = Field("text", validation_alias=_env("LRT_LOG_FORMAT"))
 
     # autoscaler and SaladCloud
@@ -144,6 +154,11 @@ class Settings(_LrtBaseSettings):
 
     _env_file: Path | None = PrivateAttr(default=None)
     _environ: Mapping[str, str] | None = PrivateAttr(default=None)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _storage_from_guide(self) -> Settings:

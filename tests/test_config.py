@@ -201,3 +201,10 @@ def test_bad_plugin_setting_names_the_variable() -> None:
 
 def test_settings_class_is_the_one_loaded() -> None:
     assert isinstance(load_settings(environ={}), Settings)
+
+
+def test_log_level_is_checked_and_case_insensitive() -> None:
+    assert load_settings(environ={"LRT_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    with pytest.raises(ConfigError, match="LRT_LOG_LEVEL") as err:
+        load_settings(environ={"LRT_LOG_LEVEL": "LOUD"})
+    assert "'LOUD'" in str(err.value)
