@@ -286,7 +286,12 @@ class LocalBroker(Broker):
         except BrokerError as exc:
             return [Check("local queue database", "fail", str(exc), fix)]
         checks = [
-            Check("local queue database", "ok", f"{self.path} (SQLite {sqlite3.sqlite_version})")
+            Check(
+                "local queue database",
+                "ok",
+                f"{self.path} (SQLite {sqlite3.sqlite_version}): serves workers on this machine "
+                "only",
+            )
         ]
         try:
             d = self.depth()

@@ -162,30 +162,25 @@ def _scope(settings: Settings) -> list[Check]:
     return []
 
 
+def _load_failure(kind: str, exc: LrtError, settings_fix: str) -> list[Check]:
+    """The one check to show when the broker or storage plugin could not even be built."""
+    if isinstance(exc, PluginNotFound):
+        return [Check(f"{kind} plugin", "fail", str(exc), _install_hint(kind, exc.name))]
+    if isinstance(exc, PluginLoadError):
+        return [Check(f"{kind} plugin", "fail", str(exc), _load_hint(exc))]
+    return [Check(kind, "fail", str(exc), settings_fix)]
+
+
 def _broker_checks(settings: Settings) -> list[Check]:
     from lrtkit.plugins import load_broker
 
     try:
         broker = load_broker(settings)
-    except PluginNotFound as exc:
-        return [Check("broker plugin", "fail", str(exc), _install_hint("broker", exc.name))]
-    except PluginLoadError as exc:
-        return [Check("broker plugin", "fail", str(exc), _load_hint(exc))]
     except LrtError as exc:
-        return [Check("broker", "fail", str(exc), "fix the broker settings named above")]
+        return _load_failure("broker", exc, "fix the broker settings named above")
     try:
-        checks = [Check("broker plugin", "ok", f"{settings.broker} ({type(broker).__name__})")]
-        if settings.broker == "local":
-            checks.append(
-                Check(
-                    "broker scope",
-                    "ok",
-                    f"embedded queue in {settings.local_db}: serves workers on this machine only",
-                    "",
-                )
-            )
-        checks.extend(broker.diagnose())
-        return checks
+        ok = Check("broker plugin", "ok", f"{settings.broker} ({type(broker).__name__})")
+        return [ok, *broker.diagnose()]
     finally:
         broker.close()
 
@@ -195,12 +190,8 @@ def _storage_checks(settings: Settings) -> list[Check]:
 
     try:
         storage = load_storage(settings)
-    except PluginNotFound as exc:
-        return [Check("storage plugin", "fail", str(exc), _install_hint("storage", exc.name))]
-    except PluginLoadError as exc:
-        return [Check("storage plugin", "fail", str(exc), _load_hint(exc))]
     except LrtError as exc:
-        return [Check("storage", "fail", str(exc), "fix LRT_STORAGE or the storage settings")]
+        return _load_failure("storage", exc, "fix LRT_STORAGE or the storage settings")
     return [Check("storage plugin", "ok", storage.url), *storage.diagnose()]
 
 
