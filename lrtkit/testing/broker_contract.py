@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, ClassVar
+from typing import IO, ClassVar, TypeVar
 
 import pytest
 
@@ -42,6 +42,8 @@ from lrtkit.errors import BrokerError, LeaseLost, LrtError, PayloadTooLarge, Pub
 from lrtkit.testing.target import BrokerTarget
 
 # -- helpers ------------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
 
 
 def job(job_id: str, **fields: object) -> Message:
@@ -56,15 +58,26 @@ def job_id_of(delivery: Delivery) -> str:
     return str(data["job_id"])
 
 
-def eventually(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.1) -> object:
-    """Call ``check`` until it returns something truthy; fail after ``timeout``."""
+def eventually(
+    check: Callable[[], _T | None],
+    timeout: float = 10.0,
+    interval: float = 0.1,
+    *,
+    what: str = "condition not met",
+    details: Callable[[], str] | None = None,
+) -> _T:
+    """Call ``check`` until it returns something truthy; fail after ``timeout``.
+
+    The failure names ``what`` and the last value, then ``details()`` (e.g. workers' logs).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() >= deadline:
-            pytest.fail(f"condition not met within {timeout}s (last value: {value!r})")
+            extra = f"\n{details()}" if details is not None else ""
+            pytest.fail(f"{what}: not within {timeout}s (last value: {value!r}){extra}")
         time.sleep(interval)
 
 

@@ -42,6 +42,7 @@ from lrtkit.jobs import JobRecord, JobState, encode_body
 from lrtkit.plugins import load_storage
 from lrtkit.records import JobStore
 from lrtkit.storage.file import LOCK_DIR
+from lrtkit.testing.broker_contract import eventually
 from lrtkit.testing.handlers import TRACE_DIR_ENV, TraceRow, read_trace
 from lrtkit.testing.target import BrokerTarget
 
@@ -171,14 +172,7 @@ class WorkerHarness:
         self, check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
     ) -> T:
         """Poll ``check`` until truthy; fail naming ``what`` (with the workers' logs)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                pytest.fail(f"{what}: not within {timeout}s (last: {value!r})\n{self.logs()}")
-            time.sleep(interval)
+        return eventually(check, timeout, interval, what=what, details=self.logs)
 
     def steps_done(
         self, job_id: str, at_least: int, timeout: float, pid: int | None = None
